@@ -1,0 +1,407 @@
+#pragma once
+/// \file
+/// \brief The Mamba-1 mixer and the residual block around it.
+///
+/// The mixer, for hidden states \f$x\f$ of E features per token (mamba_ssm's `Mamba`):
+/// - in_proj: \f$[u;\ z] = W_{\mathrm{in}}\, x\f$ (2D outputs: the input u and the gate z)
+/// - conv: \f$u \leftarrow \mathrm{silu}(\mathrm{conv1d}(u))\f$ (causal, width W)
+/// - x_proj: \f$[\delta_{\mathrm{low}};\ B;\ C] = W_x\, u\f$ (R + 2N outputs per token)
+/// - dt_proj: \f$\delta = W_{\Delta}\, \delta_{\mathrm{low}}\f$ (its bias \f$\beta\f$ goes to the scan)
+/// - scan: \f$y = \mathrm{selective\_scan}(u, \mathrm{softplus}(\delta + \beta), A, B, C, D) \cdot \mathrm{silu}(z)\f$
+/// - out_proj: \f$\mathrm{out} = W_{\mathrm{out}}\, y\f$
+/// The block (mamba_ssm's `Block` with `fused_add_norm`): residual += hidden;
+/// hidden = mixer(RMSNorm(residual)). Start a stack of blocks with residual = 0.
+///
+/// Activations are token-major, (B, L, E) and (B, L, D): what the dense layers produce. The conv
+/// and the scan see them as (B, D, L) through strides, so nothing is transposed.
+
+#include <cstddef>
+#include <string>
+
+#include <ssm/conv/causal_conv1d.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/core/views.hpp>
+#include <ssm/linear/linear.hpp>
+#include <ssm/norm/rms_norm.hpp>
+#include <ssm/scan/selective_scan.hpp>
+#include <ssm/scan/state_update.hpp>
+
+namespace ssm {
+
+/// \brief Sizes and options of a Mamba-1 mixer (mamba_ssm's names).
+struct mamba_config {
+  int d_model = 0;         ///< E, features of the residual stream
+  int d_inner = 0;         ///< D = expand * d_model, channels of the scan
+  int d_state = 16;        ///< N, state size per channel
+  int d_conv = 4;          ///< W, width of the causal conv
+  int dt_rank = 0;         ///< R, rank of the step-size projection
+  bool conv_bias = true;   ///< conv1d has a bias
+  bool bias = false;       ///< in_proj and out_proj have biases
+  float norm_eps = 1e-5f;  ///< epsilon of the block's RMSNorm
+
+  /// \brief Throw `ssm::shape_error` unless every size is in range.
+  void validate() const {
+    auto const require = [](bool ok, std::string const& what) { detail::require(ok, "ssm::mamba_config", what); };
+    require(d_model >= 1, "d_model must be positive, got " + std::to_string(d_model));
+    require(d_inner >= 1, "d_inner must be positive, got " + std::to_string(d_inner));
+    require(d_state >= 1 && d_state <= max_state_size, "d_state must be in [1, 256], got " + std::to_string(d_state));
+    require(d_conv >= 1 && d_conv <= max_conv_width, "d_conv must be in [1, 8], got " + std::to_string(d_conv));
+    require(dt_rank >= 1, "dt_rank must be positive, got " + std::to_string(dt_rank));
+    require(norm_eps >= 0.0f, "norm_eps must not be negative");
+  }
+};
+
+/// \brief The weights of one mixer, as mamba_ssm names them (`mixer.in_proj.weight`, ...).
+/// \tparam Wt storage type of the dense and conv weights; `A`, `D` and `dt_proj_bias` are fp32.
+/// \tparam MemSpace the memory space holding them.
+template <class Wt, class MemSpace>
+struct mamba_mixer_weights {
+  template <class V>
+  using matrix = Kokkos::View<V**, Kokkos::LayoutRight, MemSpace>;  ///< contiguous [rows, cols]
+  template <class V>
+  using vector = Kokkos::View<V*, Kokkos::LayoutRight, MemSpace>;   ///< contiguous
+
+  matrix<Wt> in_proj_weight;    ///< (2D, E)
+  vector<Wt> in_proj_bias;      ///< (2D); only when `bias`
+  matrix<Wt> conv1d_weight;     ///< (D, W) (PyTorch stores (D, 1, W): the same memory)
+  vector<Wt> conv1d_bias;       ///< (D); only when `conv_bias`
+  matrix<Wt> x_proj_weight;     ///< (R + 2N, D)
+  matrix<Wt> dt_proj_weight;    ///< (D, R)
+  vector<float> dt_proj_bias;   ///< (D)
+  matrix<float> A;              ///< (D, N) = -exp(A_log)
+  vector<float> D;              ///< (D)
+  matrix<Wt> out_proj_weight;   ///< (E, D)
+  vector<Wt> out_proj_bias;     ///< (E); only when `bias`
+
+  /// \brief Allocate (zero-filled, labelled) weights of the shapes `config` gives.
+  static mamba_mixer_weights allocate(mamba_config const& c, std::string const& prefix = "mixer") {
+    c.validate();
+    mamba_mixer_weights w;
+    auto const label = [&](char const* name) { return prefix + "." + name; };
+    int const D = c.d_inner, E = c.d_model;
+    w.in_proj_weight = matrix<Wt>(label("in_proj.weight"), 2 * D, E);
+    if (c.bias) w.in_proj_bias = vector<Wt>(label("in_proj.bias"), 2 * D);
+    w.conv1d_weight = matrix<Wt>(label("conv1d.weight"), D, c.d_conv);
+    if (c.conv_bias) w.conv1d_bias = vector<Wt>(label("conv1d.bias"), D);
+    w.x_proj_weight = matrix<Wt>(label("x_proj.weight"), c.dt_rank + 2 * c.d_state, D);
+    w.dt_proj_weight = matrix<Wt>(label("dt_proj.weight"), D, c.dt_rank);
+    w.dt_proj_bias = vector<float>(label("dt_proj.bias"), D);
+    w.A = matrix<float>(label("A"), D, c.d_state);
+    w.D = vector<float>(label("D"), D);
+    w.out_proj_weight = matrix<Wt>(label("out_proj.weight"), E, D);
+    if (c.bias) w.out_proj_bias = vector<Wt>(label("out_proj.bias"), E);
+    return w;
+  }
+};
+
+/// \brief The recurrent state of one mixer for B sequences: what decoding carries between tokens.
+/// \tparam T activation storage type. \tparam MemSpace memory space.
+template <class T, class MemSpace>
+struct mamba_state {
+  Kokkos::View<T***, Kokkos::LayoutRight, MemSpace> conv;     ///< (B, D, W-1) last inputs of the conv
+  Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> ssm;  ///< (B, D, N) state of the scan
+
+  /// \brief A zero state for `batch` sequences: the state before the first token.
+  static mamba_state zeros(mamba_config const& c, int batch) {
+    return {Kokkos::View<T***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::conv", batch, c.d_inner, c.d_conv - 1),
+            Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::ssm", batch, c.d_inner, c.d_state)};
+  }
+};
+
+/// \brief The Mamba-1 mixer: `forward` over sequences and `step` for one token.
+///
+/// A mixer keeps scratch buffers between calls, so one object must not run two calls at once.
+/// \tparam ExecSpace Kokkos execution space. \tparam T activation storage type.
+/// \tparam Wt weight storage type.
+template <class ExecSpace, class T = float, class Wt = T>
+class mamba_mixer {
+ public:
+  using memory_space = typename ExecSpace::memory_space;   ///< where weights and activations live
+  using weights_type = mamba_mixer_weights<Wt, memory_space>;  ///< the weights
+  using state_type = mamba_state<T, memory_space>;        ///< the recurrent state
+  /// \brief Contiguous activations (B, L, E) or (B, E).
+  template <class V>
+  using tensor3 = Kokkos::View<V***, Kokkos::LayoutRight, memory_space>;
+  /// \brief Contiguous activations (B, E).
+  template <class V>
+  using tensor2 = Kokkos::View<V**, Kokkos::LayoutRight, memory_space>;
+
+  /// \brief A mixer of the given sizes and weights. \throws ssm::shape_error if they disagree.
+  mamba_mixer(mamba_config const& config, weights_type weights) : config_(config), weights_(std::move(weights)) {
+    config_.validate();
+    check_weights();
+  }
+
+  /// \brief The sizes. \brief The weights.
+  mamba_config const& config() const { return config_; }
+  /// \brief The weights.
+  weights_type const& weights() const { return weights_; }
+
+  /// \brief Mix B sequences of L tokens (asynchronous on `space`).
+  ///
+  /// \param hidden (B, L, E) input; \param out (B, L, E) output, may be the same memory as hidden.
+  /// \param state if given, the state before token 0 on entry and after token L-1 on return;
+  ///              if null, the sequences start from a zero state.
+  void forward(ExecSpace const& space, tensor3<const T> const& hidden, tensor3<T> const& out,
+               state_type* state = nullptr) const {
+    char const* fn = "ssm::mamba_mixer::forward";
+    std::size_t const B = hidden.extent(0), L = hidden.extent(1);
+    check_tokens(fn, hidden.extent(2), out.extent(0) == B && out.extent(1) == L && out.extent(2) == hidden.extent(2));
+    if (state) check_state(fn, *state, B);
+    std::size_t const M = B * L, D = config_.d_inner, N = config_.d_state, R = config_.dt_rank;
+    std::size_t const E = config_.d_model, xw = R + 2 * N;  // xw: width of x_proj's output
+    if (M == 0) return;
+    reserve(M);
+    T* xz = scratch_.xz.data();
+    T* xc = scratch_.xc.data();
+    T* xdbl = scratch_.x_dbl.data();
+    T* dt = scratch_.dt.data();
+    T* y = scratch_.y.data();
+
+    using M_ = memory_space;
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(hidden.data(), M, E, E, 1), weights_.in_proj_weight,
+                                           weights_.in_proj_bias, strided<T, M_>(xz, M, 2 * D, 2 * D, 1)});
+    causal_conv1d_params<T, Wt, M_> conv;
+    conv.x = strided<const T, M_>(xz, B, L * 2 * D, D, 1, L, 2 * D);  // u half of in_proj, as (B, D, L)
+    conv.weight = weights_.conv1d_weight;
+    conv.bias = weights_.conv1d_bias;
+    conv.silu_activation = true;
+    conv.out = strided<T, M_>(xc, B, L * D, D, 1, L, D);
+    if (state) {
+      conv.initial_state = state->conv;
+      conv.final_state = state->conv;
+    }
+    causal_conv1d(space, conv);
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xc, M, D, D, 1), weights_.x_proj_weight, {},
+                                           strided<T, M_>(xdbl, M, xw, xw, 1)});
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xdbl, M, xw, R, 1), weights_.dt_proj_weight, {},
+                                           strided<T, M_>(dt, M, D, D, 1)});
+    selective_scan_params<T, M_> scan;
+    scan.u = strided<const T, M_>(xc, B, L * D, D, 1, L, D);
+    scan.delta = strided<const T, M_>(dt, B, L * D, D, 1, L, D);
+    scan.A = weights_.A;
+    scan.B = group_view(xdbl + R, B, L, xw);
+    scan.C = group_view(xdbl + R + N, B, L, xw);
+    scan.D = weights_.D;
+    scan.z = strided<const T, M_>(xz + D, B, L * 2 * D, D, 1, L, 2 * D);  // z half of in_proj
+    scan.delta_bias = weights_.dt_proj_bias;
+    scan.delta_softplus = true;
+    scan.out = strided<T, M_>(y, B, L * D, D, 1, L, D);
+    if (state) {
+      scan.initial_state = state->ssm;
+      scan.final_state = state->ssm;
+    }
+    selective_scan(space, scan);
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, M, D, D, 1), weights_.out_proj_weight,
+                                           weights_.out_proj_bias, strided<T, M_>(out.data(), M, E, E, 1)});
+  }
+
+  /// \brief Mix one token of each of B sequences, advancing their state (asynchronous on `space`).
+  ///
+  /// Equals `forward` over L tokens when called L times. Costs the same whatever the context length.
+  /// \param hidden (B, E) \param out (B, E), may be the same memory as hidden
+  /// \param state (B, ...) the state before this token on entry, after it on return.
+  void step(ExecSpace const& space, tensor2<const T> const& hidden, tensor2<T> const& out, state_type& state) const {
+    char const* fn = "ssm::mamba_mixer::step";
+    std::size_t const B = hidden.extent(0);
+    check_tokens(fn, hidden.extent(1), out.extent(0) == B && out.extent(1) == hidden.extent(1));
+    check_state(fn, state, B);
+    std::size_t const D = config_.d_inner, N = config_.d_state, R = config_.dt_rank;
+    std::size_t const xw = R + 2 * N;
+    if (B == 0) return;
+    reserve(B);
+    T* xz = scratch_.xz.data();
+    T* xc = scratch_.xc.data();
+    T* xdbl = scratch_.x_dbl.data();
+    T* dt = scratch_.dt.data();
+    T* y = scratch_.y.data();
+
+    using M_ = memory_space;
+    linear(space, linear_params<T, Wt, M_>{hidden, weights_.in_proj_weight, weights_.in_proj_bias,
+                                           strided<T, M_>(xz, B, 2 * D, 2 * D, 1)});
+    causal_conv1d_update_params<T, Wt, M_> conv;
+    conv.x = strided<const T, M_>(xz, B, 2 * D, D, 1);
+    conv.state = state.conv;
+    conv.weight = weights_.conv1d_weight;
+    conv.bias = weights_.conv1d_bias;
+    conv.silu_activation = true;
+    conv.out = strided<T, M_>(xc, B, D, D, 1);
+    causal_conv1d_update(space, conv);
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xc, B, D, D, 1), weights_.x_proj_weight, {},
+                                           strided<T, M_>(xdbl, B, xw, xw, 1)});
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xdbl, B, xw, R, 1), weights_.dt_proj_weight, {},
+                                           strided<T, M_>(dt, B, D, D, 1)});
+    selective_state_update_params<T, M_> update;
+    update.state = state.ssm;
+    update.x = strided<const T, M_>(xc, B, D, D, 1);
+    update.dt = strided<const T, M_>(dt, B, D, D, 1);
+    update.A = weights_.A;
+    update.B = view3<const T, M_>(xdbl + R, Kokkos::LayoutStride(B, xw, 1, xw, N, 1));
+    update.C = view3<const T, M_>(xdbl + R + N, Kokkos::LayoutStride(B, xw, 1, xw, N, 1));
+    update.D = weights_.D;
+    update.z = strided<const T, M_>(xz + D, B, 2 * D, D, 1);
+    update.dt_bias = weights_.dt_proj_bias;
+    update.dt_softplus = true;
+    update.out = strided<T, M_>(y, B, D, D, 1);
+    selective_state_update(space, update);
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1), weights_.out_proj_weight,
+                                           weights_.out_proj_bias, out});
+  }
+
+ private:
+  /// \brief B or C, columns [offset, offset + N) of x_proj's output (B*L, R+2N), as (B, 1, N, L).
+  view4<const T, memory_space> group_view(T const* first, std::size_t B, std::size_t L, std::size_t xw) const {
+    std::size_t const N = config_.d_state;
+    return view4<const T, memory_space>(first, Kokkos::LayoutStride(B, L * xw, 1, L * xw, N, 1, L, xw));
+  }
+
+  void check_tokens(char const* fn, std::size_t features, bool out_matches) const {
+    detail::require(features == static_cast<std::size_t>(config_.d_model), fn,
+                    "hidden must have d_model = " + std::to_string(config_.d_model) + " features, got " +
+                        std::to_string(features));
+    detail::require(out_matches, fn, "out must have the shape of hidden");
+  }
+
+  void check_state(char const* fn, state_type const& s, std::size_t B) const {
+    detail::require(s.conv.extent(0) == B && s.conv.extent(1) == static_cast<std::size_t>(config_.d_inner) &&
+                        s.conv.extent(2) == static_cast<std::size_t>(config_.d_conv - 1),
+                    fn, "state.conv must be (B, D, W-1) = " + detail::shape_string(B, config_.d_inner, config_.d_conv - 1));
+    detail::require(s.ssm.extent(0) == B && s.ssm.extent(1) == static_cast<std::size_t>(config_.d_inner) &&
+                        s.ssm.extent(2) == static_cast<std::size_t>(config_.d_state),
+                    fn, "state.ssm must be (B, D, N) = " + detail::shape_string(B, config_.d_inner, config_.d_state));
+  }
+
+  void check_weights() const {
+    auto const& c = config_;
+    auto const& w = weights_;
+    auto const check = [](auto const& v, std::size_t rows, std::size_t cols, char const* name) {
+      detail::require(v.extent(0) == rows && v.extent(1) == cols, "ssm::mamba_mixer",
+                      std::string(name) + " must be " + detail::shape_string(rows, cols) + ", got " +
+                          detail::shape_string(v.extent(0), v.extent(1)));
+    };
+    auto const check1 = [](auto const& v, std::size_t n, bool wanted, char const* name) {
+      detail::require(wanted ? v.extent(0) == n : !given(v), "ssm::mamba_mixer",
+                      std::string(name) + (wanted ? " must be (" + std::to_string(n) + ")" : " must be absent"));
+    };
+    std::size_t const D = c.d_inner, E = c.d_model, N = c.d_state, R = c.dt_rank;
+    check(w.in_proj_weight, 2 * D, E, "in_proj.weight");
+    check(w.conv1d_weight, D, c.d_conv, "conv1d.weight");
+    check(w.x_proj_weight, R + 2 * N, D, "x_proj.weight");
+    check(w.dt_proj_weight, D, R, "dt_proj.weight");
+    check(w.A, D, N, "A");
+    check(w.out_proj_weight, E, D, "out_proj.weight");
+    check1(w.dt_proj_bias, D, true, "dt_proj.bias");
+    check1(w.D, D, true, "D");
+    check1(w.conv1d_bias, D, c.conv_bias, "conv1d.bias");
+    check1(w.in_proj_bias, 2 * D, c.bias, "in_proj.bias");
+    check1(w.out_proj_bias, E, c.bias, "out_proj.bias");
+  }
+
+  /// \brief Grow the scratch buffers to hold M tokens.
+  void reserve(std::size_t M) const {
+    if (scratch_.tokens >= M) return;
+    std::size_t const D = config_.d_inner, xw = config_.dt_rank + 2 * config_.d_state;
+    auto make = [](char const* label, std::size_t rows, std::size_t cols) {
+      return tensor2<T>(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), rows, cols);
+    };
+    scratch_.xz = make("ssm::mamba_mixer::xz", M, 2 * D);
+    scratch_.xc = make("ssm::mamba_mixer::xc", M, D);
+    scratch_.x_dbl = make("ssm::mamba_mixer::x_dbl", M, xw);
+    scratch_.dt = make("ssm::mamba_mixer::dt", M, D);
+    scratch_.y = make("ssm::mamba_mixer::y", M, D);
+    scratch_.tokens = M;
+  }
+
+  struct scratch {
+    std::size_t tokens = 0;  ///< rows every buffer holds
+    tensor2<T> xz;           ///< (M, 2D) in_proj output: u then z
+    tensor2<T> xc;           ///< (M, D) conv + SiLU output
+    tensor2<T> x_dbl;        ///< (M, R + 2N) x_proj output: dt_low, B, C
+    tensor2<T> dt;           ///< (M, D) dt_proj output
+    tensor2<T> y;            ///< (M, D) gated scan output
+  };
+
+  mamba_config config_;
+  weights_type weights_;
+  mutable scratch scratch_;
+};
+
+/// \brief A Mamba residual block: residual += hidden; out = mixer(RMSNorm(residual)).
+/// \tparam ExecSpace Kokkos execution space. \tparam T activation storage type.
+/// \tparam Wt weight storage type.
+template <class ExecSpace, class T = float, class Wt = T>
+class mamba_block {
+ public:
+  using mixer_type = mamba_mixer<ExecSpace, T, Wt>;          ///< the mixer
+  using memory_space = typename mixer_type::memory_space;    ///< where everything lives
+  using state_type = typename mixer_type::state_type;        ///< the mixer's recurrent state
+  /// \brief Contiguous tensors of rank 3, (B, L, E).
+  template <class V>
+  using tensor3 = typename mixer_type::template tensor3<V>;
+  /// \brief Contiguous tensors of rank 2, (B, E).
+  template <class V>
+  using tensor2 = typename mixer_type::template tensor2<V>;
+
+  /// \brief A block from a mixer and the weight (E) of its RMSNorm.
+  mamba_block(mixer_type mixer, Kokkos::View<Wt*, Kokkos::LayoutRight, memory_space> norm_weight)
+      : mixer_(std::move(mixer)), norm_weight_(std::move(norm_weight)) {
+    detail::require(norm_weight_.extent(0) == static_cast<std::size_t>(mixer_.config().d_model), "ssm::mamba_block",
+                    "norm.weight must be (E) with E = " + std::to_string(mixer_.config().d_model));
+  }
+
+  /// \brief The mixer.
+  mixer_type const& mixer() const { return mixer_; }
+  /// \brief The RMSNorm weight (E).
+  auto const& norm_weight() const { return norm_weight_; }
+
+  /// \brief One block over B sequences of L tokens (asynchronous on `space`).
+  /// \param hidden (B, L, E) the previous block's output (the embeddings for the first block)
+  /// \param residual (B, L, E) fp32 residual stream, zeros before the first block; updated in place
+  /// \param out (B, L, E) this block's mixer output; may be the same memory as hidden
+  /// \param state as in `mamba_mixer::forward`
+  void forward(ExecSpace const& space, tensor3<const T> const& hidden, tensor3<float> const& residual,
+               tensor3<T> const& out, state_type* state = nullptr) const {
+    std::size_t const B = hidden.extent(0), L = hidden.extent(1), E = hidden.extent(2);
+    detail::require(residual.extent(0) == B && residual.extent(1) == L && residual.extent(2) == E,
+                    "ssm::mamba_block::forward", "residual must have the shape of hidden (B, L, E)");
+    tensor2<T> normed = norm(space, hidden.data(), residual.data(), B * L, E);
+    mixer_.forward(space, tensor3<const T>(static_cast<T const*>(normed.data()), B, L, E), out, state);
+  }
+
+  /// \brief One token of each of B sequences (asynchronous on `space`).
+  /// \param hidden (B, E) \param residual (B, E) fp32, updated in place \param out (B, E)
+  /// \param state (B, ...) advanced by one token.
+  void step(ExecSpace const& space, tensor2<const T> const& hidden, tensor2<float> const& residual,
+            tensor2<T> const& out, state_type& state) const {
+    std::size_t const B = hidden.extent(0), E = hidden.extent(1);
+    detail::require(residual.extent(0) == B && residual.extent(1) == E, "ssm::mamba_block::step",
+                    "residual must have the shape of hidden (B, E)");
+    tensor2<T> normed = norm(space, hidden.data(), residual.data(), B, E);
+    mixer_.step(space, tensor2<const T>(static_cast<T const*>(normed.data()), B, E), out, state);
+  }
+
+ private:
+  /// \brief residual += hidden; return RMSNorm(residual), M rows of E, in the block's scratch.
+  tensor2<T> norm(ExecSpace const& space, T const* hidden, float* residual, std::size_t M, std::size_t E) const {
+    detail::require(E == static_cast<std::size_t>(mixer_.config().d_model), "ssm::mamba_block",
+                    "hidden must have d_model = " + std::to_string(mixer_.config().d_model) + " features");
+    if (normed_.extent(0) < M)
+      normed_ = tensor2<T>(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::mamba_block::normed")), M, E);
+    using M_ = memory_space;
+    rms_norm_params<T, Wt, M_> p;
+    p.x = strided<const T, M_>(hidden, M, E, E, 1);
+    p.residual = strided<const float, M_>(residual, M, E, E, 1);
+    p.weight = norm_weight_;
+    p.eps = mixer_.config().norm_eps;
+    p.out = strided<T, M_>(normed_.data(), M, E, E, 1);
+    p.residual_out = strided<float, M_>(residual, M, E, E, 1);
+    rms_norm(space, p);
+    return normed_;
+  }
+
+  mixer_type mixer_;
+  Kokkos::View<Wt*, Kokkos::LayoutRight, memory_space> norm_weight_;
+  mutable tensor2<T> normed_;
+};
+
+}  // namespace ssm

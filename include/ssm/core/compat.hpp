@@ -1,0 +1,74 @@
+#pragma once
+/// \file
+/// \brief The one place where `ssm` absorbs the API differences between Kokkos 3.4 and 4.x.
+///
+/// Kokkos 3.4 (the version Debian 12 ships inside Trilinos) keeps its math functions in
+/// `Kokkos::Experimental`, has no labelled `fence`, and no `Kokkos::min/max`. Kokkos 3.7 and 4.x
+/// moved the math functions to `Kokkos::`. Nothing else in the library may test
+/// `KOKKOS_VERSION`; it calls the wrappers below instead.
+
+#include <Kokkos_Complex.hpp>
+#include <Kokkos_Core.hpp>
+
+namespace ssm::compat {
+
+#if KOKKOS_VERSION >= 30700
+namespace kmath = ::Kokkos;
+#else
+namespace kmath = ::Kokkos::Experimental;
+#endif
+
+/// \brief \f$e^x\f$ in single precision, on host and device.
+KOKKOS_INLINE_FUNCTION float exp(float x) { return kmath::exp(x); }
+/// \brief \f$e^x\f$ in double precision, on host and device.
+KOKKOS_INLINE_FUNCTION double exp(double x) { return kmath::exp(x); }
+/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$.
+KOKKOS_INLINE_FUNCTION float expm1(float x) { return kmath::expm1(x); }
+/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$.
+KOKKOS_INLINE_FUNCTION double expm1(double x) { return kmath::expm1(x); }
+/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$.
+KOKKOS_INLINE_FUNCTION float log1p(float x) { return kmath::log1p(x); }
+/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$.
+KOKKOS_INLINE_FUNCTION double log1p(double x) { return kmath::log1p(x); }
+/// \brief Square root.
+KOKKOS_INLINE_FUNCTION float sqrt(float x) { return kmath::sqrt(x); }
+/// \brief Square root.
+KOKKOS_INLINE_FUNCTION double sqrt(double x) { return kmath::sqrt(x); }
+/// \brief Sine.
+KOKKOS_INLINE_FUNCTION float sin(float x) { return kmath::sin(x); }
+/// \brief Sine.
+KOKKOS_INLINE_FUNCTION double sin(double x) { return kmath::sin(x); }
+/// \brief Cosine.
+KOKKOS_INLINE_FUNCTION float cos(float x) { return kmath::cos(x); }
+/// \brief Cosine.
+KOKKOS_INLINE_FUNCTION double cos(double x) { return kmath::cos(x); }
+/// \brief Absolute value.
+KOKKOS_INLINE_FUNCTION float fabs(float x) { return kmath::fabs(x); }
+/// \brief Absolute value.
+KOKKOS_INLINE_FUNCTION double fabs(double x) { return kmath::fabs(x); }
+
+/// \brief Complex exponential (the same function in every Kokkos version).
+template <class Real>
+KOKKOS_INLINE_FUNCTION Kokkos::complex<Real> exp(Kokkos::complex<Real> const& z) {
+  return Kokkos::exp(z);
+}
+
+/// \brief Wait for all work submitted to `space`; the label names the wait in Kokkos Tools.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+void fence(ExecSpace const& space, [[maybe_unused]] char const* label) {
+#if KOKKOS_VERSION >= 30700
+  space.fence(label);
+#else
+  space.fence();
+#endif
+}
+
+/// \brief Number of threads an execution space instance can run at once.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+int concurrency(ExecSpace const& space) {
+  return space.concurrency();  // static in 3.4, a member in 4.x: this spelling works for both
+}
+
+}  // namespace ssm::compat

@@ -1,0 +1,137 @@
+#pragma once
+/// \file
+/// \brief Storage types: `ssm::f16` (IEEE binary16) and `ssm::bf16` (bfloat16).
+///
+/// These are *storage* types: 16 bits in memory, converted to `float` for every computation.
+/// `ssm` does not use Kokkos' `half_t`/`bhalf_t` because on host-only builds of Kokkos those are
+/// plain `float` (four bytes), which would silently double the memory of a 16-bit checkpoint.
+/// Conversions round to nearest, ties to even, keep infinities and turn NaN into a quiet NaN,
+/// exactly as the hardware conversions of x86 (F16C) and NVIDIA GPUs do.
+
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+#include <type_traits>
+
+#include <Kokkos_Core.hpp>
+
+namespace ssm {
+
+/// \brief IEEE 754 binary16: 1 sign bit, 5 exponent bits, 10 mantissa bits. Storage only.
+struct f16 {
+  std::uint16_t bits;  ///< the raw binary16 pattern
+};
+
+/// \brief bfloat16: the upper 16 bits of an IEEE binary32. Storage only.
+struct bf16 {
+  std::uint16_t bits;  ///< the raw bfloat16 pattern
+};
+
+namespace detail {
+/// \brief Reinterpret the bits of one trivially copyable type as another of the same size.
+template <class To, class From>
+KOKKOS_INLINE_FUNCTION To bit_cast(From const& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of equal size");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+}  // namespace detail
+
+/// \brief Widen a storage value to `float` (the identity for `float`).
+KOKKOS_INLINE_FUNCTION float to_float(float x) { return x; }
+
+/// \brief Widen a bfloat16 to `float`: exact.
+KOKKOS_INLINE_FUNCTION float to_float(bf16 x) {
+  return detail::bit_cast<float>(static_cast<std::uint32_t>(x.bits) << 16);
+}
+
+/// \brief Widen a binary16 to `float`: exact, subnormals included.
+KOKKOS_INLINE_FUNCTION float to_float(f16 x) {
+  std::uint32_t const sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
+  std::uint32_t const exponent = (x.bits >> 10) & 0x1Fu;
+  std::uint32_t const mantissa = x.bits & 0x3FFu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+    float const magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    return sign ? -magnitude : magnitude;
+  }
+  if (exponent == 31) {  // infinity or NaN
+    return detail::bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
+  }
+  return detail::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+/// \brief Narrow a `float` to a storage type, rounding to nearest even.
+/// \tparam T `float`, `ssm::f16` or `ssm::bf16`.
+template <class T>
+KOKKOS_INLINE_FUNCTION T from_float(float x);
+
+template <>
+KOKKOS_INLINE_FUNCTION float from_float<float>(float x) {
+  return x;
+}
+
+template <>
+KOKKOS_INLINE_FUNCTION bf16 from_float<bf16>(float x) {
+  std::uint32_t u = detail::bit_cast<std::uint32_t>(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN: keep the sign, make it quiet
+    return bf16{static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
+  }
+  u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return bf16{static_cast<std::uint16_t>(u >> 16)};
+}
+
+template <>
+KOKKOS_INLINE_FUNCTION f16 from_float<f16>(float x) {
+  std::uint32_t u = detail::bit_cast<std::uint32_t>(x);
+  auto const sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+  u &= 0x7FFFFFFFu;
+  if (u >= 0x7F800000u) {  // infinity, or NaN made quiet
+    return f16{static_cast<std::uint16_t>(sign | (u > 0x7F800000u ? 0x7E00u : 0x7C00u))};
+  }
+  if (u >= 0x477FF000u) {  // >= 65520 rounds past the largest finite half (65504)
+    return f16{static_cast<std::uint16_t>(sign | 0x7C00u)};
+  }
+  if (u < 0x38800000u) {  // below 2^-14: a subnormal half, in units of 2^-24
+    if (u < 0x33000000u) return f16{sign};  // at most 2^-25: rounds (ties to even) to zero
+    std::uint32_t const exponent = u >> 23;  // 102 ... 112
+    std::uint32_t const mantissa = (u & 0x7FFFFFu) | 0x800000u;
+    std::uint32_t const shift = 126u - exponent;  // 14 ... 24
+    std::uint32_t result = mantissa >> shift;
+    std::uint32_t const rest = mantissa & ((1u << shift) - 1u);
+    std::uint32_t const halfway = 1u << (shift - 1u);
+    if (rest > halfway || (rest == halfway && (result & 1u))) ++result;
+    return f16{static_cast<std::uint16_t>(sign | result)};
+  }
+  std::uint32_t result = (u - 0x38000000u) >> 13;  // re-bias the exponent from 127 to 15
+  std::uint32_t const rest = u & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (result & 1u))) ++result;  // may carry into the exponent
+  return f16{static_cast<std::uint16_t>(sign | result)};
+}
+
+/// \brief Name and size of each storage type, as safetensors spells them.
+template <class T>
+struct dtype_traits;
+
+template <>
+struct dtype_traits<float> {
+  static constexpr std::string_view name = "F32";  ///< safetensors dtype string
+};
+template <>
+struct dtype_traits<f16> {
+  static constexpr std::string_view name = "F16";  ///< safetensors dtype string
+};
+template <>
+struct dtype_traits<bf16> {
+  static constexpr std::string_view name = "BF16";  ///< safetensors dtype string
+};
+
+/// \brief Unit roundoff \f$u = 2^{-p}\f$ of a storage type (half the distance from 1 to the next value).
+template <class T>
+constexpr double unit_roundoff() {
+  if constexpr (std::is_same_v<T, f16>) return 0x1p-11;
+  else if constexpr (std::is_same_v<T, bf16>) return 0x1p-8;
+  else return 0x1p-24;
+}
+
+}  // namespace ssm

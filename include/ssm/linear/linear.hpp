@@ -1,0 +1,118 @@
+#pragma once
+/// \file
+/// \brief Linear layers \f$y = x W^\top + b\f$ with weights stored [out, in] row-major, as PyTorch's
+/// `nn.Linear` stores them, in any storage type; accumulation in fp32.
+///
+/// Three implementations: a plain reference GEMM (the oracle), Eigen on host execution spaces,
+/// and a portable Kokkos kernel everywhere else. `linear_backend` chooses by execution space.
+
+#include <cstddef>
+#include <string>
+#include <type_traits>
+
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/core/views.hpp>
+#include <ssm/linear/eigen.hpp>
+
+namespace ssm {
+
+/// \brief Everything a linear layer reads and writes.
+///
+/// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+template <class T, class Wt, class MemSpace>
+struct linear_params {
+  view2<const T, MemSpace> x;         ///< (M, K) one row per token
+  view2<const Wt, MemSpace> weight;   ///< (N, K) [out, in]
+  view1<const Wt, MemSpace> bias;     ///< (N); optional
+  view2<T, MemSpace> y;               ///< (M, N); must not overlap x
+};
+
+namespace detail {
+
+template <class T, class Wt, class MemSpace>
+void check(linear_params<T, Wt, MemSpace> const& p, char const* function) {
+  require(given(p.x) && given(p.weight) && given(p.y), function, "x, weight and y are required");
+  auto const M = p.x.extent(0), K = p.x.extent(1), N = p.weight.extent(0);
+  require(p.weight.extent(1) == K, function,
+          "weight must be (N, K) with K = " + std::to_string(K) + ", the width of x; got " +
+              shape_string(p.weight.extent(0), p.weight.extent(1)));
+  require(p.y.extent(0) == M && p.y.extent(1) == N, function, "y must be (M, N) = " + shape_string(M, N));
+  if (given(p.bias)) require(p.bias.extent(0) == N, function, "bias must be (N) with N = " + std::to_string(N));
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// \brief Plain triple loop, fp32 accumulation in the order k = 0 ... K-1. Host only.
+template <class T, class Wt, class MemSpace>
+void linear(linear_params<T, Wt, MemSpace> const& p) {
+  static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
+                "ssm::reference::linear: the tensors must be in host-accessible memory");
+  detail::check(p, "ssm::reference::linear");
+  for (std::size_t m = 0; m < p.x.extent(0); ++m) {
+    for (std::size_t n = 0; n < p.weight.extent(0); ++n) {
+      float acc = given(p.bias) ? to_float(p.bias(n)) : 0.0f;
+      for (std::size_t k = 0; k < p.x.extent(1); ++k) acc += to_float(p.x(m, k)) * to_float(p.weight(n, k));
+      p.y(m, n) = from_float<T>(acc);
+    }
+  }
+}
+
+}  // namespace reference
+
+namespace detail {
+
+/// \brief The portable Kokkos kernel of a linear layer: one work item per output (m, n), fp32
+/// accumulation in the order k = 0 ... K-1 (asynchronous). The shapes must have been checked.
+/// Runs on any execution space, host ones included (the backend of non-host spaces).
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void linear_kokkos(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
+  using policy = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
+  int const M = static_cast<int>(p.x.extent(0)), N = static_cast<int>(p.weight.extent(0));
+  int const K = static_cast<int>(p.x.extent(1));
+  bool const has_bias = given(p.bias);
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::linear::kokkos", policy(space, {0, 0}, {M, N}), KOKKOS_LAMBDA(int const m, int const n) {
+        auto const& q = params;
+        float acc = has_bias ? to_float(q.bias(n)) : 0.0f;
+        for (int k = 0; k < K; ++k) acc += to_float(q.x(m, k)) * to_float(q.weight(n, k));
+        q.y(m, n) = from_float<T>(acc);
+      });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of a linear layer runs on an execution space.
+///
+/// Host execution spaces use Eigen's blocked GEMM (`ssm::eigen::linear`); any other space runs
+/// the portable Kokkos kernel. A backend with a vendor library (cuBLASLt) specialises this trait.
+template <class ExecSpace>
+struct linear_backend {
+  /// \brief Run \f$y = x W^\top + b\f$ on `space`.
+  template <class T, class Wt, class MemSpace>
+  static void run(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
+    if constexpr (is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace> &&
+                  std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>) {
+      space.fence();  // Eigen runs on the calling thread: wait for earlier work on the space
+      eigen::linear(p.x, p.weight, p.bias, p.y);
+    } else {
+      detail::linear_kokkos(space, p);
+    }
+  }
+};
+
+/// \brief A linear layer \f$y = x W^\top + b\f$ on an execution space.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void linear(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>,
+                "ssm::linear: the tensors must be accessible from the execution space");
+  detail::check(p, "ssm::linear");
+  if (p.x.extent(0) == 0 || p.weight.extent(0) == 0) return;
+  linear_backend<ExecSpace>::run(space, p);
+}
+
+}  // namespace ssm

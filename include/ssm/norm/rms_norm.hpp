@@ -1,0 +1,130 @@
+#pragma once
+/// \file
+/// \brief RMSNorm, with the fused residual add of Mamba's blocks.
+///
+/// For each row (token) of E features, with the residual stream kept in fp32:
+/// \f[
+///   r = x + r_{\mathrm{in}}, \qquad
+///   \mathrm{out} = \frac{r}{\sqrt{\tfrac{1}{E}\sum_e r_e^2 + \epsilon}} \odot w .
+/// \f]
+/// This is mamba_ssm's `rms_norm_fn(x, weight, None, residual, prenorm=True, residual_in_fp32=True)`.
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include <ssm/core/compat.hpp>
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/core/views.hpp>
+
+namespace ssm {
+
+/// \brief Everything an RMSNorm reads and writes.
+///
+/// `residual` and `residual_out` may be the same memory (the residual stream updated in place).
+/// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+template <class T, class Wt, class MemSpace>
+struct rms_norm_params {
+  view2<const T, MemSpace> x;                   ///< (M, E) one row per token
+  view2<const float, MemSpace> residual;        ///< (M, E) added to x before the norm; optional
+  view1<const Wt, MemSpace> weight;             ///< (E) scale
+  float eps = 1e-5f;                            ///< added to the mean square
+  view2<T, MemSpace> out;                       ///< (M, E) normalised rows
+  view2<float, MemSpace> residual_out;          ///< (M, E) x + residual in fp32; optional
+};
+
+namespace detail {
+
+template <class T, class Wt, class MemSpace>
+void check(rms_norm_params<T, Wt, MemSpace> const& p, char const* function) {
+  require(given(p.x) && given(p.weight) && given(p.out), function, "x, weight and out are required");
+  auto const rows = p.x.extent(0), features = p.x.extent(1);
+  auto const me = shape_string(rows, features);
+  require(p.weight.extent(0) == features, function, "weight must be (E) with E = " + std::to_string(features));
+  require(p.out.extent(0) == rows && p.out.extent(1) == features, function, "out must be (M, E) = " + me);
+  if (given(p.residual))
+    require(p.residual.extent(0) == rows && p.residual.extent(1) == features, function, "residual must be (M, E) = " + me);
+  if (given(p.residual_out))
+    require(p.residual_out.extent(0) == rows && p.residual_out.extent(1) == features, function,
+            "residual_out must be (M, E) = " + me);
+  require(p.eps >= 0.0f, function, "eps must not be negative");
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// \brief Sequential reference of RMSNorm with residual add: two passes per row, fp32. Host only.
+template <class T, class Wt, class MemSpace>
+void rms_norm(rms_norm_params<T, Wt, MemSpace> const& p) {
+  static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
+                "ssm::reference::rms_norm: the tensors must be in host-accessible memory");
+  detail::check(p, "ssm::reference::rms_norm");
+  std::size_t const features = p.x.extent(1);
+  std::vector<float> r(features);
+  for (std::size_t m = 0; m < p.x.extent(0); ++m) {
+    float sum_squares = 0.0f;
+    for (std::size_t e = 0; e < features; ++e) {
+      r[e] = to_float(p.x(m, e)) + (given(p.residual) ? p.residual(m, e) : 0.0f);
+      sum_squares += r[e] * r[e];
+    }
+    float const inv_rms = 1.0f / compat::sqrt(sum_squares / static_cast<float>(features) + p.eps);
+    for (std::size_t e = 0; e < features; ++e) {
+      if (given(p.residual_out)) p.residual_out(m, e) = r[e];
+      p.out(m, e) = from_float<T>(r[e] * inv_rms * to_float(p.weight(e)));
+    }
+  }
+}
+
+}  // namespace reference
+
+/// \brief Which implementation of RMSNorm runs on an execution space; the primary template is
+/// the portable Kokkos path: one team per row, the sum of squares reduced across the team.
+template <class ExecSpace>
+struct rms_norm_backend {
+  /// \brief Normalise every row on `space`.
+  template <class T, class Wt, class MemSpace>
+  static void run(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
+    using team_policy = Kokkos::TeamPolicy<ExecSpace>;
+    using member = typename team_policy::member_type;
+    int const features = static_cast<int>(p.x.extent(1));
+    bool const has_residual = given(p.residual), has_residual_out = given(p.residual_out);
+    auto const params = p;
+    Kokkos::parallel_for(
+        "ssm::rms_norm::kokkos", team_policy(space, static_cast<int>(p.x.extent(0)), Kokkos::AUTO),
+        KOKKOS_LAMBDA(member const& team) {
+          auto const& q = params;
+          int const m = team.league_rank();
+          float sum_squares = 0.0f;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(team, features),
+              [&](int const e, float& partial) {
+                float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+                partial += r * r;
+              },
+              sum_squares);
+          float const inv_rms = 1.0f / compat::sqrt(sum_squares / static_cast<float>(features) + q.eps);
+          // every reader of the residual is done before any writer (they may alias)
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, features), [&](int const e) {
+            float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+            if (has_residual_out) q.residual_out(m, e) = r;
+            q.out(m, e) = from_float<T>(r * inv_rms * to_float(q.weight(e)));
+          });
+        });
+  }
+};
+
+/// \brief RMSNorm (with optional fused residual add) on an execution space (asynchronous).
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void rms_norm(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>,
+                "ssm::rms_norm: the tensors must be accessible from the execution space");
+  detail::check(p, "ssm::rms_norm");
+  if (p.x.extent(0) == 0) return;
+  rms_norm_backend<ExecSpace>::run(space, p);
+}
+
+}  // namespace ssm

@@ -1,0 +1,232 @@
+#pragma once
+/// \file
+/// \brief The selective scan of Mamba: its parameters, a sequential reference and a Kokkos path.
+///
+/// For each batch b and channel d, with a state \f$h \in \mathbb{R}^N\f$ and per-token step
+/// \f$\Delta_l = \mathrm{softplus}(\delta_l + \beta_d)\f$ (bias and softplus optional):
+/// \f[
+///   h_l = e^{\Delta_l A_d} \odot h_{l-1} + \Delta_l\, B_l\, u_l, \qquad
+///   y_l = C_l^\top h_l + D_d\, u_l, \qquad
+///   \mathrm{out}_l = y_l \cdot \mathrm{silu}(z_l).
+/// \f]
+/// The semantics are exactly those of mamba_ssm's `selective_scan_ref`, plus an initial state in
+/// and the final state out so that a long sequence can be processed in pieces.
+
+#include <cstddef>
+#include <string>
+
+#include <ssm/core/compat.hpp>
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/core/math.hpp>
+#include <ssm/core/views.hpp>
+
+namespace ssm {
+
+/// \brief Largest state size the scans accept (mamba_ssm's limit too).
+inline constexpr int max_state_size = 256;
+
+/// \brief Everything a selective scan reads and writes; optional tensors are left empty.
+///
+/// Memory may be strided (any slice of a larger buffer). `initial_state` and `final_state` may be
+/// the same memory (the state is updated in place); `out` must not overlap the inputs.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`); math is fp32.
+/// \tparam MemSpace the Kokkos memory space holding every tensor.
+template <class T, class MemSpace>
+struct selective_scan_params {
+  view3<const T, MemSpace> u;                   ///< (B, D, L) input sequence
+  view3<const T, MemSpace> delta;               ///< (B, D, L) step size, before bias and softplus
+  view2<const float, MemSpace> A;               ///< (D, N) diagonal of the continuous-time state matrix
+  view4<const T, MemSpace> B;                   ///< (B, G, N, L) input matrix; channel d uses group d / (D / G)
+  view4<const T, MemSpace> C;                   ///< (B, G, N, L) output matrix
+  view1<const float, MemSpace> D;               ///< (D) skip connection; optional
+  view3<const T, MemSpace> z;                   ///< (B, D, L) gate, out *= silu(z); optional
+  view1<const float, MemSpace> delta_bias;      ///< (D) added to delta; optional
+  bool delta_softplus = false;                  ///< apply softplus to delta (+ bias)
+  view3<const float, MemSpace> initial_state;   ///< (B, D, N) state before token 0; zeros if absent
+  view3<T, MemSpace> out;                       ///< (B, D, L) output
+  view3<float, MemSpace> final_state;           ///< (B, D, N) state after token L-1; optional
+};
+
+/// \brief Sizes of a scan, read from its parameters.
+struct scan_shape {
+  std::size_t batch;     ///< B
+  std::size_t channels;  ///< D
+  std::size_t length;    ///< L
+  std::size_t state;     ///< N
+  std::size_t groups;    ///< G
+};
+
+namespace detail {
+
+/// \brief Check every shape of a scan; throw `ssm::shape_error` naming the tensor otherwise.
+template <class T, class MemSpace>
+scan_shape check(selective_scan_params<T, MemSpace> const& p, char const* function) {
+  require(given(p.u) && given(p.delta) && given(p.A) && given(p.B) && given(p.C) && given(p.out),
+          function, "u, delta, A, B, C and out are required");
+  scan_shape const s{p.u.extent(0), p.u.extent(1), p.u.extent(2), p.A.extent(1), p.B.extent(1)};
+  auto const bdl = shape_string(s.batch, s.channels, s.length);
+  auto const bdn = shape_string(s.batch, s.channels, s.state);
+  auto same3 = [](auto const& v, std::size_t a, std::size_t b, std::size_t c) {
+    return v.extent(0) == a && v.extent(1) == b && v.extent(2) == c;
+  };
+  require(same3(p.delta, s.batch, s.channels, s.length), function, "delta must be (B, D, L) = " + bdl);
+  require(same3(p.out, s.batch, s.channels, s.length), function, "out must be (B, D, L) = " + bdl);
+  require(p.A.extent(0) == s.channels, function, "A must be (D, N) with D = " + std::to_string(s.channels));
+  require(s.state >= 1 && s.state <= static_cast<std::size_t>(max_state_size), function,
+          "the state size N = " + std::to_string(s.state) + " must be in [1, 256]");
+  require(s.groups >= 1 && s.channels % s.groups == 0, function,
+          "the number of groups G = " + std::to_string(s.groups) + " must divide D = " +
+              std::to_string(s.channels));
+  for (auto const* m : {&p.B, &p.C}) {
+    require(m->extent(0) == s.batch && m->extent(1) == s.groups && m->extent(2) == s.state &&
+                m->extent(3) == s.length,
+            function, std::string(m == &p.B ? "B" : "C") + " must be (B, G, N, L) = " +
+                          shape_string(s.batch, s.groups, s.state, s.length));
+  }
+  if (given(p.D)) require(p.D.extent(0) == s.channels, function, "D must be (D)");
+  if (given(p.delta_bias)) require(p.delta_bias.extent(0) == s.channels, function, "delta_bias must be (D)");
+  if (given(p.z)) require(same3(p.z, s.batch, s.channels, s.length), function, "z must be (B, D, L) = " + bdl);
+  if (given(p.initial_state))
+    require(same3(p.initial_state, s.batch, s.channels, s.state), function, "initial_state must be (B, D, N) = " + bdn);
+  if (given(p.final_state))
+    require(same3(p.final_state, s.batch, s.channels, s.state), function, "final_state must be (B, D, N) = " + bdn);
+  return s;
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// \brief Sequential reference of the selective scan: plain loops, one line per equation, fp32.
+///
+/// The oracle of every test of the faster paths. Runs on the calling thread.
+/// \tparam T storage type of activations. \tparam MemSpace must be host-accessible.
+template <class T, class MemSpace>
+void selective_scan(selective_scan_params<T, MemSpace> const& p) {
+  static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
+                "ssm::reference::selective_scan: the tensors must be in host-accessible memory");
+  auto const s = detail::check(p, "ssm::reference::selective_scan");
+  std::size_t const channels_per_group = s.channels / s.groups;
+  float h[max_state_size];
+  for (std::size_t b = 0; b < s.batch; ++b) {
+    for (std::size_t d = 0; d < s.channels; ++d) {
+      std::size_t const g = d / channels_per_group;
+      for (std::size_t n = 0; n < s.state; ++n) h[n] = given(p.initial_state) ? p.initial_state(b, d, n) : 0.0f;
+      for (std::size_t l = 0; l < s.length; ++l) {
+        float dt = to_float(p.delta(b, d, l));
+        if (given(p.delta_bias)) dt += p.delta_bias(d);
+        if (p.delta_softplus) dt = softplus(dt);
+        float const u = to_float(p.u(b, d, l));
+        float y = 0.0f;
+        for (std::size_t n = 0; n < s.state; ++n) {
+          float const A_bar = compat::exp(dt * p.A(d, n));            // exp(Δ A)
+          float const Bu_bar = dt * to_float(p.B(b, g, n, l)) * u;   // Δ B u
+          h[n] = A_bar * h[n] + Bu_bar;
+          y += to_float(p.C(b, g, n, l)) * h[n];
+        }
+        if (given(p.D)) y += p.D(d) * u;
+        if (given(p.z)) y *= silu(to_float(p.z(b, d, l)));
+        p.out(b, d, l) = from_float<T>(y);
+      }
+      if (given(p.final_state))
+        for (std::size_t n = 0; n < s.state; ++n) p.final_state(b, d, n) = h[n];
+    }
+  }
+}
+
+}  // namespace reference
+
+namespace detail {
+
+/// \brief The portable Kokkos scan: one work item per (batch, block of `Channels` channels),
+/// each walking the sequence with its states in registers (or local memory on a GPU).
+///
+/// Channel blocks make every cache line of a token-major (B, L, D) input fully used on a CPU.
+/// \tparam MaxN compile-time bound on N, so the state can live in a fixed-size array.
+template <int MaxN, int Channels, class ExecSpace, class T, class MemSpace>
+void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
+                           scan_shape const& s) {
+  int const batch = static_cast<int>(s.batch);
+  int const channels = static_cast<int>(s.channels);
+  int const length = static_cast<int>(s.length);
+  int const state = static_cast<int>(s.state);
+  int const channels_per_group = static_cast<int>(s.channels / s.groups);
+  int const blocks = (channels + Channels - 1) / Channels;
+  bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.delta_bias);
+  bool const has_initial = given(p.initial_state), has_final = given(p.final_state);
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::selective_scan::kokkos", Kokkos::RangePolicy<ExecSpace>(space, 0, batch * blocks),
+      KOKKOS_LAMBDA(int const item) {
+        auto const& q = params;
+        int const b = item / blocks;
+        int const d0 = (item % blocks) * Channels;
+        int const width = channels - d0 < Channels ? channels - d0 : Channels;
+        float h[Channels][MaxN];
+        float A[Channels][MaxN];
+        for (int c = 0; c < width; ++c) {
+          for (int n = 0; n < state; ++n) {
+            h[c][n] = has_initial ? q.initial_state(b, d0 + c, n) : 0.0f;
+            A[c][n] = q.A(d0 + c, n);
+          }
+        }
+        for (int l = 0; l < length; ++l) {
+          for (int c = 0; c < width; ++c) {
+            int const d = d0 + c;
+            int const g = d / channels_per_group;
+            float dt = to_float(q.delta(b, d, l));
+            if (has_bias) dt += q.delta_bias(d);
+            if (q.delta_softplus) dt = softplus(dt);
+            float const u = to_float(q.u(b, d, l));
+            float const dt_u = dt * u;
+            float y = 0.0f;
+            for (int n = 0; n < state; ++n) {
+              h[c][n] = compat::exp(dt * A[c][n]) * h[c][n] + dt_u * to_float(q.B(b, g, n, l));
+              y += to_float(q.C(b, g, n, l)) * h[c][n];
+            }
+            if (has_D) y += q.D(d) * u;
+            if (has_z) y *= silu(to_float(q.z(b, d, l)));
+            q.out(b, d, l) = from_float<T>(y);
+          }
+        }
+        if (has_final)
+          for (int c = 0; c < width; ++c)
+            for (int n = 0; n < state; ++n) q.final_state(b, d0 + c, n) = h[c][n];
+      });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of the selective scan runs on an execution space.
+///
+/// The primary template is the portable Kokkos path. A backend specialises this trait in its
+/// own header (see `ssm/scan/cuda/`) to take over with a hand-written kernel.
+template <class ExecSpace>
+struct selective_scan_backend {
+  /// \brief Run the scan on `space`. \tparam T activation storage type.
+  template <class T, class MemSpace>
+  static void run(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
+                  scan_shape const& s) {
+    constexpr int channels = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 8 : 1;
+    if (s.state <= 16) detail::selective_scan_kokkos<16, channels>(space, p, s);
+    else if (s.state <= 64) detail::selective_scan_kokkos<64, channels>(space, p, s);
+    else detail::selective_scan_kokkos<max_state_size, channels>(space, p, s);
+  }
+};
+
+/// \brief The selective scan on an execution space (asynchronous: fence `space` before reading).
+///
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \param space the execution space instance (its stream, on a GPU).
+/// \param p the tensors; shapes are checked and a `ssm::shape_error` names the first wrong one.
+template <class ExecSpace, class T, class MemSpace>
+void selective_scan(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>,
+                "ssm::selective_scan: the tensors must be accessible from the execution space");
+  auto const s = detail::check(p, "ssm::selective_scan");
+  if (s.batch == 0 || s.channels == 0) return;
+  selective_scan_backend<ExecSpace>::run(space, p, s);
+}
+
+}  // namespace ssm

@@ -1,0 +1,155 @@
+#pragma once
+/// \file
+/// \brief `selective_state_update`: one recurrent step of the selective scan, for decoding.
+///
+/// For each batch b and channel d, with \f$\Delta = \mathrm{softplus}(dt + \beta_d)\f$:
+/// \f[
+///   h \leftarrow e^{\Delta A_d} \odot h + \Delta\, B\, x, \qquad
+///   \mathrm{out} = (C^\top h + D_d\, x) \cdot \mathrm{silu}(z).
+/// \f]
+/// Semantics of mamba_ssm's `selective_state_update_ref`; the state is updated in place.
+/// One step equals one token of `ssm::selective_scan` with the same state.
+
+#include <cstddef>
+#include <string>
+
+#include <ssm/core/compat.hpp>
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/core/math.hpp>
+#include <ssm/core/views.hpp>
+#include <ssm/scan/selective_scan.hpp>
+
+namespace ssm {
+
+/// \brief Everything one decoding step of the selective scan reads and writes.
+/// \tparam T storage type of activations. \tparam MemSpace memory space of every tensor.
+template <class T, class MemSpace>
+struct selective_state_update_params {
+  view3<float, MemSpace> state;             ///< (B, D, N) the recurrent state, updated in place
+  view2<const T, MemSpace> x;               ///< (B, D) input of this token
+  view2<const T, MemSpace> dt;              ///< (B, D) step size, before bias and softplus
+  view2<const float, MemSpace> A;           ///< (D, N)
+  view3<const T, MemSpace> B;               ///< (B, G, N)
+  view3<const T, MemSpace> C;               ///< (B, G, N)
+  view1<const float, MemSpace> D;           ///< (D) skip; optional
+  view2<const T, MemSpace> z;               ///< (B, D) gate; optional
+  view1<const float, MemSpace> dt_bias;     ///< (D) added to dt; optional
+  bool dt_softplus = false;                 ///< apply softplus to dt (+ bias)
+  view2<T, MemSpace> out;                   ///< (B, D)
+};
+
+namespace detail {
+
+/// \brief Check the shapes of a state update; returns (B, D, 1, N, G).
+template <class T, class MemSpace>
+scan_shape check(selective_state_update_params<T, MemSpace> const& p, char const* function) {
+  require(given(p.state) && given(p.x) && given(p.dt) && given(p.A) && given(p.B) && given(p.C) &&
+              given(p.out),
+          function, "state, x, dt, A, B, C and out are required");
+  scan_shape const s{p.state.extent(0), p.state.extent(1), 1, p.state.extent(2), p.B.extent(1)};
+  auto same2 = [&](auto const& v) { return v.extent(0) == s.batch && v.extent(1) == s.channels; };
+  auto const bd = shape_string(s.batch, s.channels);
+  require(same2(p.x), function, "x must be (B, D) = " + bd);
+  require(same2(p.dt), function, "dt must be (B, D) = " + bd);
+  require(same2(p.out), function, "out must be (B, D) = " + bd);
+  require(p.A.extent(0) == s.channels && p.A.extent(1) == s.state, function,
+          "A must be (D, N) = " + shape_string(s.channels, s.state));
+  require(s.state >= 1 && s.state <= static_cast<std::size_t>(max_state_size), function,
+          "the state size N must be in [1, 256]");
+  require(s.groups >= 1 && s.channels % s.groups == 0, function, "the number of groups G must divide D");
+  for (auto const* m : {&p.B, &p.C})
+    require(m->extent(0) == s.batch && m->extent(1) == s.groups && m->extent(2) == s.state, function,
+            std::string(m == &p.B ? "B" : "C") + " must be (B, G, N) = " +
+                shape_string(s.batch, s.groups, s.state));
+  if (given(p.D)) require(p.D.extent(0) == s.channels, function, "D must be (D)");
+  if (given(p.dt_bias)) require(p.dt_bias.extent(0) == s.channels, function, "dt_bias must be (D)");
+  if (given(p.z)) require(same2(p.z), function, "z must be (B, D) = " + bd);
+  return s;
+}
+
+}  // namespace detail
+
+namespace reference {
+
+/// \brief Sequential reference of one decoding step: plain loops, fp32. Host memory only.
+template <class T, class MemSpace>
+void selective_state_update(selective_state_update_params<T, MemSpace> const& p) {
+  static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
+                "ssm::reference::selective_state_update: the tensors must be in host-accessible memory");
+  auto const s = detail::check(p, "ssm::reference::selective_state_update");
+  std::size_t const channels_per_group = s.channels / s.groups;
+  for (std::size_t b = 0; b < s.batch; ++b) {
+    for (std::size_t d = 0; d < s.channels; ++d) {
+      std::size_t const g = d / channels_per_group;
+      float dt = to_float(p.dt(b, d));
+      if (given(p.dt_bias)) dt += p.dt_bias(d);
+      if (p.dt_softplus) dt = softplus(dt);
+      float const x = to_float(p.x(b, d));
+      float y = 0.0f;
+      for (std::size_t n = 0; n < s.state; ++n) {
+        float const A_bar = compat::exp(dt * p.A(d, n));
+        float const Bx_bar = dt * to_float(p.B(b, g, n)) * x;
+        p.state(b, d, n) = A_bar * p.state(b, d, n) + Bx_bar;
+        y += to_float(p.C(b, g, n)) * p.state(b, d, n);
+      }
+      if (given(p.D)) y += p.D(d) * x;
+      if (given(p.z)) y *= silu(to_float(p.z(b, d)));
+      p.out(b, d) = from_float<T>(y);
+    }
+  }
+}
+
+}  // namespace reference
+
+/// \brief Which implementation of the state update runs on an execution space (see
+/// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path.
+template <class ExecSpace>
+struct selective_state_update_backend {
+  /// \brief Run one step on `space`: one work item per (batch, channel).
+  template <class T, class MemSpace>
+  static void run(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
+                  scan_shape const& s) {
+    int const channels = static_cast<int>(s.channels);
+    int const state = static_cast<int>(s.state);
+    int const channels_per_group = static_cast<int>(s.channels / s.groups);
+    bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias);
+    auto const params = p;
+    Kokkos::parallel_for(
+        "ssm::selective_state_update::kokkos",
+        Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
+        KOKKOS_LAMBDA(int const item) {
+          auto const& q = params;
+          int const b = item / channels;
+          int const d = item % channels;
+          int const g = d / channels_per_group;
+          float dt = to_float(q.dt(b, d));
+          if (has_bias) dt += q.dt_bias(d);
+          if (q.dt_softplus) dt = softplus(dt);
+          float const x = to_float(q.x(b, d));
+          float const dt_x = dt * x;
+          float y = 0.0f;
+          for (int n = 0; n < state; ++n) {
+            float const h = compat::exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
+            q.state(b, d, n) = h;
+            y += to_float(q.C(b, g, n)) * h;
+          }
+          if (has_D) y += q.D(d) * x;
+          if (has_z) y *= silu(to_float(q.z(b, d)));
+          q.out(b, d) = from_float<T>(y);
+        });
+  }
+};
+
+/// \brief One decoding step of the selective scan on an execution space (asynchronous).
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+template <class ExecSpace, class T, class MemSpace>
+void selective_state_update(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>,
+                "ssm::selective_state_update: the tensors must be accessible from the execution space");
+  auto const s = detail::check(p, "ssm::selective_state_update");
+  if (s.batch == 0 || s.channels == 0) return;
+  selective_state_update_backend<ExecSpace>::run(space, p, s);
+}
+
+}  // namespace ssm

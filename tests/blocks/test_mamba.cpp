@@ -1,0 +1,216 @@
+// The Mamba mixer and block: the mixer against the same equations composed from the sequential
+// references on plain channel-major copies; forward over L tokens against L steps; a sequence in
+// pieces against the whole; the residual block; shape errors.
+#include <cstddef>
+#include <string>
+
+#include <ssm/blocks/mamba.hpp>
+
+#include "blocks/mamba_case.hpp"
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace ssm;
+using namespace ssm::test;
+
+namespace {
+
+/// The mixer, written out stage by stage with the reference ops and explicit (B, D, L) copies.
+/// Rounds to T wherever the mixer stores an intermediate, so both see the same values.
+template <class T, class Wt>
+host3<T> reference_mixer(mamba_config const& c, mamba_mixer_weights<Wt, Kokkos::HostSpace> const& w,
+                         host3<T> const& hidden) {
+  std::size_t const B = hidden.extent(0), L = hidden.extent(1), E = c.d_model, D = c.d_inner;
+  std::size_t const N = c.d_state, R = c.dt_rank, M = B * L;
+  using H = Kokkos::HostSpace;
+  auto rows = [](auto const& v3) {  // (B, L, F) -> (B*L, F)
+    using V = typename std::remove_reference_t<decltype(v3)>::value_type;
+    return Kokkos::View<V**, Kokkos::LayoutRight, H>(v3.data(), v3.extent(0) * v3.extent(1), v3.extent(2));
+  };
+  host3<T> xz("xz", B, L, 2 * D);
+  reference::linear(linear_params<T, Wt, H>{rows(hidden), w.in_proj_weight, w.in_proj_bias, rows(xz)});
+
+  host3<T> x("x", B, D, L), z("z", B, D, L), xc("xc", B, D, L);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t d = 0; d < D; ++d)
+      for (std::size_t l = 0; l < L; ++l) x(b, d, l) = xz(b, l, d), z(b, d, l) = xz(b, l, D + d);
+  causal_conv1d_params<T, Wt, H> conv;
+  conv.x = x, conv.weight = w.conv1d_weight, conv.bias = w.conv1d_bias, conv.silu_activation = true, conv.out = xc;
+  reference::causal_conv1d(conv);
+
+  host3<T> xc_tokens("xc_tokens", B, L, D), x_dbl("x_dbl", B, L, R + 2 * N), dt_tokens("dt", B, L, D);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t d = 0; d < D; ++d)
+      for (std::size_t l = 0; l < L; ++l) xc_tokens(b, l, d) = xc(b, d, l);
+  reference::linear(linear_params<T, Wt, H>{rows(xc_tokens), w.x_proj_weight, {}, rows(x_dbl)});
+  host2<T> dt_low("dt_low", M, R);
+  for (std::size_t m = 0; m < M; ++m)
+    for (std::size_t r = 0; r < R; ++r) dt_low(m, r) = x_dbl.data()[m * (R + 2 * N) + r];
+  reference::linear(linear_params<T, Wt, H>{dt_low, w.dt_proj_weight, {}, rows(dt_tokens)});
+
+  host3<T> delta("delta", B, D, L), y("y", B, D, L);
+  host4<T> Bm("B", B, 1, N, L), Cm("C", B, 1, N, L);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t l = 0; l < L; ++l) {
+      for (std::size_t d = 0; d < D; ++d) delta(b, d, l) = dt_tokens(b, l, d);
+      for (std::size_t n = 0; n < N; ++n) Bm(b, 0, n, l) = x_dbl(b, l, R + n), Cm(b, 0, n, l) = x_dbl(b, l, R + N + n);
+    }
+  selective_scan_params<T, H> scan;
+  scan.u = xc, scan.delta = delta, scan.A = w.A, scan.B = Bm, scan.C = Cm, scan.D = w.D, scan.z = z;
+  scan.delta_bias = w.dt_proj_bias, scan.delta_softplus = true, scan.out = y;
+  reference::selective_scan(scan);
+
+  host3<T> y_tokens("y_tokens", B, L, D), out("out", B, L, E);
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t d = 0; d < D; ++d)
+      for (std::size_t l = 0; l < L; ++l) y_tokens(b, l, d) = y(b, d, l);
+  reference::linear(linear_params<T, Wt, H>{rows(y_tokens), w.out_proj_weight, w.out_proj_bias, rows(out)});
+  return out;
+}
+
+/// Tolerance of a whole mixer: intermediates are rounded to T at five stages (xz, xc, x_dbl, dt,
+/// y) and both paths may round a value differently by one unit; each stage's error is carried
+/// forward with a gain of order one (the weights are scaled so), and the fp32 sums have up to
+/// max(E, D) + L + N terms.
+template <class T>
+tolerance mixer_tolerance(mamba_config const& c, std::size_t L, double scale) {
+  auto t = derived_tolerance<T>(static_cast<std::size_t>(std::max(c.d_model, c.d_inner)) + L + c.d_state, scale);
+  return {5.0 * t.rel, 5.0 * t.abs};
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("mamba mixer: forward equals the reference ops composed by hand", "[mamba]",
+                   (std::pair<float, float>), (std::pair<float, bf16>), (std::pair<float, f16>),
+                   (std::pair<bf16, bf16>)) {
+  using T = typename TestType::first_type;
+  using Wt = typename TestType::second_type;
+  auto c = small_config();
+  for (bool biases : {true, false}) {
+    c.bias = biases;
+    c.conv_bias = biases;
+    auto const weights = random_weights<Wt>(c, 5);
+    mamba_mixer<space, T, Wt> mixer(c, weights);
+    for (auto [B, L] : {std::pair<std::size_t, std::size_t>{1, 1}, {2, 7}, {3, 33}}) {
+      host3<T> hidden("hidden", B, L, c.d_model), out("out", B, L, c.d_model);
+      fill_uniform(hidden, 17 + L, -2.0f, 2.0f);
+      mixer.forward(space(), hidden, out);
+      space().fence();
+      auto const expected = reference_mixer<T, Wt>(c, weights, hidden);
+      INFO("B = " << B << ", L = " << L << ", biases " << biases);
+      REQUIRE(max_abs(expected) > 0.1);  // the mixer really moves its output
+      require_close(out, expected, mixer_tolerance<T>(c, L, max_abs(expected)), "mixer out");
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("mamba mixer: forward over L tokens equals L steps", "[mamba]", float, bf16) {
+  using T = TestType;
+  auto const c = small_config();
+  mamba_mixer<space, T, T> mixer(c, random_weights<T>(c, 8));
+  std::size_t const B = 2, L = 19;
+  host3<T> hidden("hidden", B, L, c.d_model), out("out", B, L, c.d_model), stepped("stepped", B, L, c.d_model);
+  fill_uniform(hidden, 3, -2.0f, 2.0f);
+  auto whole = mamba_state<T, Kokkos::HostSpace>::zeros(c, B);
+  mixer.forward(space(), hidden, out, &whole);
+
+  auto state = mamba_state<T, Kokkos::HostSpace>::zeros(c, B);
+  host2<T> token("token", B, c.d_model), token_out("token_out", B, c.d_model);
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t b = 0; b < B; ++b)
+      for (int e = 0; e < c.d_model; ++e) token(b, e) = hidden(b, l, e);
+    mixer.step(space(), token, token_out, state);
+    space().fence();
+    for (std::size_t b = 0; b < B; ++b)
+      for (int e = 0; e < c.d_model; ++e) stepped(b, l, e) = token_out(b, e);
+  }
+  space().fence();
+  require_close(stepped, out, mixer_tolerance<T>(c, L, max_abs(out)), "outputs");
+  require_close(state.ssm, whole.ssm, mixer_tolerance<T>(c, L, max_abs(whole.ssm)), "ssm state");
+  require_close(state.conv, whole.conv, mixer_tolerance<T>(c, L, max_abs(whole.conv)), "conv state");
+}
+
+TEST_CASE("mamba mixer: a sequence in pieces equals the whole, with the state carried", "[mamba]") {
+  auto const c = small_config();
+  mamba_mixer<space, float, float> mixer(c, random_weights<float>(c, 9));
+  std::size_t const B = 2, L = 23;
+  host3<float> hidden("hidden", B, L, c.d_model), out("out", B, L, c.d_model);
+  fill_uniform(hidden, 4, -2.0f, 2.0f);
+  mixer.forward(space(), hidden, out);
+  space().fence();
+  for (std::size_t k : {std::size_t{1}, std::size_t{2}, std::size_t{10}, std::size_t{22}}) {
+    auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+    host3<float> first("first", B, k, c.d_model), second("second", B, L - k, c.d_model);
+    host3<float> first_out("first_out", B, k, c.d_model), second_out("second_out", B, L - k, c.d_model);
+    Kokkos::deep_copy(first, Kokkos::subview(hidden, Kokkos::ALL, Kokkos::make_pair(std::size_t{0}, k), Kokkos::ALL));
+    Kokkos::deep_copy(second, Kokkos::subview(hidden, Kokkos::ALL, Kokkos::make_pair(k, L), Kokkos::ALL));
+    mixer.forward(space(), first, first_out, &state);
+    mixer.forward(space(), second, second_out, &state);
+    space().fence();
+    host3<float> joined("joined", B, L, c.d_model);
+    Kokkos::deep_copy(Kokkos::subview(joined, Kokkos::ALL, Kokkos::make_pair(std::size_t{0}, k), Kokkos::ALL), first_out);
+    Kokkos::deep_copy(Kokkos::subview(joined, Kokkos::ALL, Kokkos::make_pair(k, L), Kokkos::ALL), second_out);
+    INFO("split at k = " << k);
+    require_close(joined, out, mixer_tolerance<float>(c, L, max_abs(out)), "outputs");
+  }
+}
+
+TEST_CASE("mamba block: residual add, RMSNorm, mixer; forward equals steps", "[mamba]") {
+  auto const c = small_config();
+  auto const weights = random_weights<float>(c, 12);
+  Kokkos::View<float*, Kokkos::LayoutRight, Kokkos::HostSpace> norm_weight("norm", c.d_model);
+  fill_uniform(norm_weight, 13, 0.7f, 1.3f);
+  mamba_block<space, float, float> block(mamba_mixer<space, float, float>(c, weights), norm_weight);
+  std::size_t const B = 2, L = 9;
+  host3<float> hidden("hidden", B, L, c.d_model), out("out", B, L, c.d_model), residual("residual", B, L, c.d_model);
+  fill_uniform(hidden, 14, -2.0f, 2.0f);
+  fill_uniform(residual, 15, -2.0f, 2.0f);
+  host3<float> const residual_in("residual_in", B, L, c.d_model);
+  Kokkos::deep_copy(residual_in, residual);
+  block.forward(space(), hidden, residual, out);
+  space().fence();
+
+  // by the definition: r = hidden + residual; out = mixer(rms_norm(r))
+  host3<float> r("r", B, L, c.d_model), normed("normed", B, L, c.d_model);
+  for (std::size_t i = 0; i < r.span(); ++i) r.data()[i] = hidden.data()[i] + residual_in.data()[i];
+  require_close(residual, r, {0.0, 0.0}, "residual stream");
+  rms_norm_params<float, float, Kokkos::HostSpace> norm;
+  norm.x = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace>(r.data(), B * L, c.d_model);
+  norm.weight = norm_weight;
+  norm.out = Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace>(normed.data(), B * L, c.d_model);
+  reference::rms_norm(norm);
+  auto const expected = reference_mixer<float, float>(c, weights, normed);
+  require_close(out, expected, mixer_tolerance<float>(c, L, max_abs(expected)), "block out");
+
+  // and token by token, with the residual stream per token
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+  host2<float> token("token", B, c.d_model), token_residual("token_residual", B, c.d_model), token_out("o", B, c.d_model);
+  host3<float> stepped("stepped", B, L, c.d_model);
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t b = 0; b < B; ++b)
+      for (int e = 0; e < c.d_model; ++e) token(b, e) = hidden(b, l, e), token_residual(b, e) = residual_in(b, l, e);
+    block.step(space(), token, token_residual, token_out, state);
+    space().fence();
+    for (std::size_t b = 0; b < B; ++b)
+      for (int e = 0; e < c.d_model; ++e) stepped(b, l, e) = token_out(b, e);
+  }
+  require_close(stepped, out, mixer_tolerance<float>(c, L, max_abs(out)), "block steps");
+}
+
+TEST_CASE("mamba mixer: wrong weights and inputs are refused with the tensor named", "[mamba][errors]") {
+  auto const c = small_config();
+  auto weights = random_weights<float>(c, 1);
+  weights.x_proj_weight = decltype(weights.x_proj_weight)("x_proj", c.dt_rank + 2 * c.d_state + 1, c.d_inner);
+  REQUIRE_THROWS_WITH((mamba_mixer<space, float, float>(c, weights)), Catch::Contains("x_proj.weight must be"));
+
+  auto bad = c;
+  bad.d_state = 0;
+  REQUIRE_THROWS_WITH(bad.validate(), Catch::Contains("d_state"));
+
+  mamba_mixer<space, float, float> mixer(c, random_weights<float>(c, 1));
+  host3<float> hidden("hidden", 1, 3, c.d_model + 1), out("out", 1, 3, c.d_model + 1);
+  REQUIRE_THROWS_WITH(mixer.forward(space(), hidden, out), Catch::Contains("d_model = 12"));
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, 2);
+  host3<float> good("good", 1, 3, c.d_model), good_out("good_out", 1, 3, c.d_model);
+  REQUIRE_THROWS_WITH(mixer.forward(space(), good, good_out, &state), Catch::Contains("state.conv must be"));
+}

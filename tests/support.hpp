@@ -1,0 +1,92 @@
+#pragma once
+// Helpers shared by the tests: seeded random tensors, and comparisons with tolerances derived
+// from the storage type and the length of the sums involved.
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include <Kokkos_Core.hpp>
+
+#include <ssm/core/dtype.hpp>
+
+#include "catch.hpp"
+
+namespace ssm::test {
+
+/// The execution space the tests run the Kokkos paths on, and its (host-accessible) memory.
+using space = Kokkos::DefaultExecutionSpace;
+using memory = space::memory_space;
+
+/// A contiguous host tensor of rank 1 to 4.
+template <class T>
+using host1 = Kokkos::View<T*, Kokkos::LayoutRight, Kokkos::HostSpace>;
+template <class T>
+using host2 = Kokkos::View<T**, Kokkos::LayoutRight, Kokkos::HostSpace>;
+template <class T>
+using host3 = Kokkos::View<T***, Kokkos::LayoutRight, Kokkos::HostSpace>;
+template <class T>
+using host4 = Kokkos::View<T****, Kokkos::LayoutRight, Kokkos::HostSpace>;
+
+/// Fill a contiguous view with values uniform in [lo, hi), rounded to its storage type.
+template <class View>
+void fill_uniform(View const& v, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  using T = typename View::non_const_value_type;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (std::size_t i = 0; i < v.span(); ++i) v.data()[i] = from_float<T>(dist(rng));
+}
+
+/// Element-wise bound |actual - expected| <= abs + rel * |expected|.
+struct tolerance {
+  double rel;  ///< relative part
+  double abs;  ///< absolute part
+};
+
+/// The bound for comparing two fp32 evaluations of sums of `terms` products of magnitude about
+/// `scale`, each rounded once to storage type T at the end: one rounding of T either way
+/// (2u_T relative) plus the fp32 reassociation error of the sums (about terms * 2^-24 * scale),
+/// with a factor 4 of headroom for the worst case of the bound, never for "what passed".
+template <class T>
+tolerance derived_tolerance(std::size_t terms, double scale = 1.0) {
+  double const u = unit_roundoff<T>();
+  double const fp32 = 0x1p-24;
+  return {4.0 * u, 4.0 * static_cast<double>(terms) * fp32 * scale + 4.0 * u * scale};
+}
+
+/// Compare two contiguous views of the same size element by element; report the worst element.
+template <class A, class E>
+void require_close(A const& actual, E const& expected, tolerance tol, std::string const& what = "") {
+  REQUIRE(actual.span() == expected.span());
+  double worst = 0.0;
+  std::size_t worst_index = 0;
+  bool ok = true;
+  for (std::size_t i = 0; i < expected.span(); ++i) {
+    double const a = to_float(actual.data()[i]);
+    double const e = to_float(expected.data()[i]);
+    double const excess = std::abs(a - e) - (tol.abs + tol.rel * std::abs(e));
+    if (!(excess <= 0.0)) ok = false;  // NaN fails too
+    if (i == 0 || std::isnan(excess) || excess > worst) {
+      worst = excess;
+      worst_index = i;
+    }
+  }
+  std::ostringstream msg;
+  msg << what << ": worst element " << worst_index << " actual " << to_float(actual.data()[worst_index])
+      << " expected " << to_float(expected.data()[worst_index]) << " (bound abs " << tol.abs << ", rel " << tol.rel
+      << ")";
+  INFO(msg.str());
+  REQUIRE(ok);
+}
+
+/// The largest |x| of a contiguous view.
+template <class View>
+double max_abs(View const& v) {
+  double m = 0.0;
+  for (std::size_t i = 0; i < v.span(); ++i) m = std::fmax(m, std::abs(static_cast<double>(to_float(v.data()[i]))));
+  return m;
+}
+
+}  // namespace ssm::test
