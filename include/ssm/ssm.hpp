@@ -2,10 +2,6 @@
 /// \file
 /// \brief The umbrella header of `ssm`: every public component.
 ///
-/// \mainpage ssm: state-space-model layers on Kokkos
-/// `ssm` is a header-only C++20 library of the layers of Mamba and related state-space models,
-/// written once as templates over a Kokkos execution space. See the README for an overview and
-/// `docs/` for the guides.
 
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>

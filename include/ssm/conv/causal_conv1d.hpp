@@ -172,7 +172,7 @@ struct causal_conv1d_backend {
             window[width - 1] = to_float(q.x(b, d, l));
             float acc = beta;
             for (int k = 0; k < width; ++k) acc += w[k] * window[k];
-            q.out(b, d, l) = from_float<T>(q.silu_activation ? silu(acc) : acc);
+            q.out(b, d, l) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
             for (int k = 0; k + 1 < width; ++k) window[k] = window[k + 1];
           }
           if (has_final)
@@ -198,7 +198,7 @@ struct causal_conv1d_backend {
           for (int k = 0; k + 1 < width; ++k) acc += to_float(q.weight(d, k)) * to_float(q.state(b, d, k));
           T const x = q.x(b, d);
           acc += to_float(q.weight(d, width - 1)) * to_float(x);
-          q.out(b, d) = from_float<T>(q.silu_activation ? silu(acc) : acc);
+          q.out(b, d) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
           for (int k = 0; k + 2 < width; ++k) q.state(b, d, k) = q.state(b, d, k + 1);
           if (width > 1) q.state(b, d, width - 2) = x;
         });

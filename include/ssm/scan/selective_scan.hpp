@@ -142,15 +142,21 @@ namespace detail {
 /// \brief The portable Kokkos scan: one work item per (batch, block of `Channels` channels),
 /// each walking the sequence with its states in registers (or local memory on a GPU).
 ///
-/// Channel blocks make every cache line of a token-major (B, L, D) input fully used on a CPU.
+/// Per token, the step sizes and gates of the block are computed together (a loop that
+/// vectorizes across channels), then each channel updates its N states (a loop that vectorizes
+/// across the state). Channel blocks also make every cache line of a token-major (B, L, D) input
+/// fully used on a CPU. Transcendentals are the branch-free `fast_exp`, `fast_softplus` and
+/// `fast_silu`, within a few units in the last place of the reference's.
 /// \tparam MaxN compile-time bound on N, so the state can live in a fixed-size array.
-template <int MaxN, int Channels, class ExecSpace, class T, class MemSpace>
+/// \tparam ExactN N equals MaxN: the state loop has a compile-time trip count.
+/// \tparam Channels channels per work item.
+template <int MaxN, bool ExactN, int Channels, class ExecSpace, class T, class MemSpace>
 void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
                            scan_shape const& s) {
   int const batch = static_cast<int>(s.batch);
   int const channels = static_cast<int>(s.channels);
   int const length = static_cast<int>(s.length);
-  int const state = static_cast<int>(s.state);
+  int const state = ExactN ? MaxN : static_cast<int>(s.state);
   int const channels_per_group = static_cast<int>(s.channels / s.groups);
   int const blocks = (channels + Channels - 1) / Channels;
   bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.delta_bias);
@@ -163,31 +169,51 @@ void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemS
         int const b = item / blocks;
         int const d0 = (item % blocks) * Channels;
         int const width = channels - d0 < Channels ? channels - d0 : Channels;
-        float h[Channels][MaxN];
+        float h[Channels][MaxN];  // the states of the block's channels
         float A[Channels][MaxN];
+        int group[Channels];
+        float bias[Channels] = {}, skip[Channels] = {};
+        float dt[Channels] = {}, u[Channels] = {}, gate[Channels] = {};
+        float B_l[MaxN], C_l[MaxN], Ch[MaxN];  // B and C of token l for one group, and C * h
         for (int c = 0; c < width; ++c) {
+          int const d = d0 + c;
+          group[c] = d / channels_per_group;
+          if (has_bias) bias[c] = q.delta_bias(d);
+          if (has_D) skip[c] = q.D(d);
           for (int n = 0; n < state; ++n) {
-            h[c][n] = has_initial ? q.initial_state(b, d0 + c, n) : 0.0f;
-            A[c][n] = q.A(d0 + c, n);
+            h[c][n] = has_initial ? q.initial_state(b, d, n) : 0.0f;
+            A[c][n] = q.A(d, n);
           }
         }
         for (int l = 0; l < length; ++l) {
           for (int c = 0; c < width; ++c) {
-            int const d = d0 + c;
-            int const g = d / channels_per_group;
-            float dt = to_float(q.delta(b, d, l));
-            if (has_bias) dt += q.delta_bias(d);
-            if (q.delta_softplus) dt = softplus(dt);
-            float const u = to_float(q.u(b, d, l));
-            float const dt_u = dt * u;
-            float y = 0.0f;
-            for (int n = 0; n < state; ++n) {
-              h[c][n] = compat::exp(dt * A[c][n]) * h[c][n] + dt_u * to_float(q.B(b, g, n, l));
-              y += to_float(q.C(b, g, n, l)) * h[c][n];
+            dt[c] = to_float(q.delta(b, d0 + c, l)) + bias[c];
+            u[c] = to_float(q.u(b, d0 + c, l));
+            if (has_z) gate[c] = to_float(q.z(b, d0 + c, l));
+          }
+          if (q.delta_softplus)
+            for (int c = 0; c < Channels; ++c) dt[c] = fast_softplus(dt[c]);
+          if (has_z)
+            for (int c = 0; c < Channels; ++c) gate[c] = fast_silu(gate[c]);
+          int loaded_group = -1;
+          for (int c = 0; c < width; ++c) {
+            if (group[c] != loaded_group) {  // channels of a group share B and C: load them once
+              for (int n = 0; n < state; ++n) {
+                B_l[n] = to_float(q.B(b, group[c], n, l));
+                C_l[n] = to_float(q.C(b, group[c], n, l));
+              }
+              loaded_group = group[c];
             }
-            if (has_D) y += q.D(d) * u;
-            if (has_z) y *= silu(to_float(q.z(b, d, l)));
-            q.out(b, d, l) = from_float<T>(y);
+            float const dt_c = dt[c], dt_u = dt[c] * u[c];
+            for (int n = 0; n < state; ++n) {  // independent across n: vectorizes
+              h[c][n] = fast_exp(dt_c * A[c][n]) * h[c][n] + dt_u * B_l[n];
+              Ch[n] = C_l[n] * h[c][n];
+            }
+            float y = 0.0f;
+            for (int n = 0; n < state; ++n) y += Ch[n];  // in the reference's order
+            if (has_D) y += skip[c] * u[c];
+            if (has_z) y *= gate[c];
+            q.out(b, d0 + c, l) = from_float<T>(y);
           }
         }
         if (has_final)
@@ -209,9 +235,10 @@ struct selective_scan_backend {
   static void run(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
                   scan_shape const& s) {
     constexpr int channels = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 8 : 1;
-    if (s.state <= 16) detail::selective_scan_kokkos<16, channels>(space, p, s);
-    else if (s.state <= 64) detail::selective_scan_kokkos<64, channels>(space, p, s);
-    else detail::selective_scan_kokkos<max_state_size, channels>(space, p, s);
+    if (s.state == 16) detail::selective_scan_kokkos<16, true, channels>(space, p, s);  // Mamba's N
+    else if (s.state < 16) detail::selective_scan_kokkos<16, false, channels>(space, p, s);
+    else if (s.state <= 64) detail::selective_scan_kokkos<64, false, channels>(space, p, s);
+    else detail::selective_scan_kokkos<max_state_size, false, channels>(space, p, s);
   }
 };
 

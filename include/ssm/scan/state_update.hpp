@@ -103,7 +103,8 @@ void selective_state_update(selective_state_update_params<T, MemSpace> const& p)
 }  // namespace reference
 
 /// \brief Which implementation of the state update runs on an execution space (see
-/// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path.
+/// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path, with the
+/// same arithmetic as the scan's, so that L steps reproduce a scan over L tokens.
 template <class ExecSpace>
 struct selective_state_update_backend {
   /// \brief Run one step on `space`: one work item per (batch, channel).
@@ -125,17 +126,17 @@ struct selective_state_update_backend {
           int const g = d / channels_per_group;
           float dt = to_float(q.dt(b, d));
           if (has_bias) dt += q.dt_bias(d);
-          if (q.dt_softplus) dt = softplus(dt);
+          if (q.dt_softplus) dt = fast_softplus(dt);
           float const x = to_float(q.x(b, d));
           float const dt_x = dt * x;
           float y = 0.0f;
           for (int n = 0; n < state; ++n) {
-            float const h = compat::exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
+            float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
             q.state(b, d, n) = h;
             y += to_float(q.C(b, g, n)) * h;
           }
           if (has_D) y += q.D(d) * x;
-          if (has_z) y *= silu(to_float(q.z(b, d)));
+          if (has_z) y *= fast_silu(to_float(q.z(b, d)));
           q.out(b, d) = from_float<T>(y);
         });
   }
