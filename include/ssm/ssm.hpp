@@ -22,3 +22,5 @@
 #include <ssm/linear/linear.hpp>
 
 #include <ssm/blocks/mamba.hpp>
+
+#include <ssm/io/safetensors.hpp>

@@ -86,9 +86,10 @@ KOKKOS_INLINE_FUNCTION f16 from_float<f16>(float x) {
   std::uint32_t u = detail::bit_cast<std::uint32_t>(x);
   auto const sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
   u &= 0x7FFFFFFFu;
-  if (u >= 0x7F800000u) {  // infinity, or NaN made quiet
-    return f16{static_cast<std::uint16_t>(sign | (u > 0x7F800000u ? 0x7E00u : 0x7C00u))};
+  if (u > 0x7F800000u) {  // NaN: made quiet, the top of its payload kept (as F16C does)
+    return f16{static_cast<std::uint16_t>(sign | 0x7E00u | ((u >> 13) & 0x3FFu))};
   }
+  if (u == 0x7F800000u) return f16{static_cast<std::uint16_t>(sign | 0x7C00u)};
   if (u >= 0x477FF000u) {  // >= 65520 rounds past the largest finite half (65504)
     return f16{static_cast<std::uint16_t>(sign | 0x7C00u)};
   }
