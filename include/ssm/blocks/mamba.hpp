@@ -40,6 +40,7 @@ struct mamba_config {
   float norm_eps = 1e-5f;  ///< epsilon of the block's RMSNorm
 
   /// \brief Throw `ssm::shape_error` unless every size is in range.
+  /// \throws ssm::shape_error naming the first size out of range.
   void validate() const {
     auto const require = [](bool ok, std::string const& what) { detail::require(ok, "ssm::mamba_config", what); };
     require(d_model >= 1, "d_model must be positive, got " + std::to_string(d_model));
@@ -56,10 +57,14 @@ struct mamba_config {
 /// \tparam MemSpace the memory space holding them.
 template <class Wt, class MemSpace>
 struct mamba_mixer_weights {
+  /// \brief A contiguous row-major matrix [rows, cols].
+  /// \tparam V element type.
   template <class V>
-  using matrix = Kokkos::View<V**, Kokkos::LayoutRight, MemSpace>;  ///< contiguous [rows, cols]
+  using matrix = Kokkos::View<V**, Kokkos::LayoutRight, MemSpace>;
+  /// \brief A contiguous vector.
+  /// \tparam V element type.
   template <class V>
-  using vector = Kokkos::View<V*, Kokkos::LayoutRight, MemSpace>;   ///< contiguous
+  using vector = Kokkos::View<V*, Kokkos::LayoutRight, MemSpace>;
 
   matrix<Wt> in_proj_weight;    ///< (2D, E)
   vector<Wt> in_proj_bias;      ///< (2D); only when `bias`
@@ -73,7 +78,14 @@ struct mamba_mixer_weights {
   matrix<Wt> out_proj_weight;   ///< (E, D)
   vector<Wt> out_proj_bias;     ///< (E); only when `bias`
 
-  /// \brief Allocate (zero-filled, labelled) weights of the shapes `config` gives.
+  /// \brief Allocate (zero-filled, labelled) weights of the shapes `c` gives.
+  ///
+  /// Optional biases are allocated only when `c.bias` / `c.conv_bias` ask for them.
+  /// \param c the sizes; validated first.
+  /// \param prefix the start of every view's label, e.g. `"layers.0.mixer"` gives
+  ///        `"layers.0.mixer.in_proj.weight"`.
+  /// \return the weights, every shape as listed above; fill them before use.
+  /// \throws ssm::shape_error if `c` is out of range.
   static mamba_mixer_weights allocate(mamba_config const& c, std::string const& prefix = "mixer") {
     c.validate();
     mamba_mixer_weights w;
@@ -95,13 +107,17 @@ struct mamba_mixer_weights {
 };
 
 /// \brief The recurrent state of one mixer for B sequences: what decoding carries between tokens.
-/// \tparam T activation storage type. \tparam MemSpace memory space.
+/// \tparam T activation storage type (`float`, `ssm::f16`, `ssm::bf16`) of the conv state.
+/// \tparam MemSpace the memory space holding it.
 template <class T, class MemSpace>
 struct mamba_state {
   Kokkos::View<T***, Kokkos::LayoutRight, MemSpace> conv;     ///< (B, D, W-1) last inputs of the conv
   Kokkos::View<float***, Kokkos::LayoutRight, MemSpace> ssm;  ///< (B, D, N) state of the scan
 
   /// \brief A zero state for `batch` sequences: the state before the first token.
+  /// \param c the mixer's sizes (D = `d_inner`, W = `d_conv`, N = `d_state`).
+  /// \param batch B, the number of sequences.
+  /// \return `conv` (B, D, W-1) and `ssm` (B, D, N), zero-filled (synchronously, by Kokkos).
   static mamba_state zeros(mamba_config const& c, int batch) {
     return {Kokkos::View<T***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::conv", batch, c.d_inner, c.d_conv - 1),
             Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::ssm", batch, c.d_inner, c.d_state)};
@@ -111,37 +127,53 @@ struct mamba_state {
 /// \brief The Mamba-1 mixer: `forward` over sequences and `step` for one token.
 ///
 /// A mixer keeps scratch buffers between calls, so one object must not run two calls at once.
-/// \tparam ExecSpace Kokkos execution space. \tparam T activation storage type.
-/// \tparam Wt weight storage type.
+/// Copies share their weights and scratch buffers (Kokkos views are reference-counted handles).
+/// \tparam ExecSpace Kokkos execution space; weights, activations and state live in its memory space.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices; defaults to `T`).
 template <class ExecSpace, class T = float, class Wt = T>
 class mamba_mixer {
  public:
   using memory_space = typename ExecSpace::memory_space;   ///< where weights and activations live
   using weights_type = mamba_mixer_weights<Wt, memory_space>;  ///< the weights
   using state_type = mamba_state<T, memory_space>;        ///< the recurrent state
-  /// \brief Contiguous activations (B, L, E) or (B, E).
+  /// \brief Contiguous rank-3 activations, token-major: (B, L, E).
+  /// \tparam V element type.
   template <class V>
   using tensor3 = Kokkos::View<V***, Kokkos::LayoutRight, memory_space>;
-  /// \brief Contiguous activations (B, E).
+  /// \brief Contiguous rank-2 activations: (B, E), one token per sequence.
+  /// \tparam V element type.
   template <class V>
   using tensor2 = Kokkos::View<V**, Kokkos::LayoutRight, memory_space>;
 
-  /// \brief A mixer of the given sizes and weights. \throws ssm::shape_error if they disagree.
+  /// \brief A mixer of the given sizes and weights.
+  /// \param config the sizes and options; validated.
+  /// \param weights the weights (shared, not copied), of the shapes `config` gives.
+  /// \throws ssm::shape_error if `config` is out of range or a weight has the wrong shape.
   mamba_mixer(mamba_config const& config, weights_type weights) : config_(config), weights_(std::move(weights)) {
     config_.validate();
     check_weights();
   }
 
-  /// \brief The sizes. \brief The weights.
+  /// \brief The sizes.
+  /// \return the validated configuration.
   mamba_config const& config() const { return config_; }
   /// \brief The weights.
+  /// \return the weights given to the constructor.
   weights_type const& weights() const { return weights_; }
 
   /// \brief Mix B sequences of L tokens (asynchronous on `space`).
   ///
-  /// \param hidden (B, L, E) input; \param out (B, L, E) output, may be the same memory as hidden.
-  /// \param state if given, the state before token 0 on entry and after token L-1 on return;
-  ///              if null, the sequences start from a zero state.
+  /// Enqueues in_proj, conv, x_proj, dt_proj, the scan and out_proj on `space` and returns: fence
+  /// `space` before reading `out` or `*state` on the host.
+  /// \param space the execution space instance the work runs on.
+  /// \param hidden (B, L, E) input.
+  /// \param out (B, L, E) output; may be the same memory as `hidden`.
+  /// \param state optional: if given, `conv` (B, D, W-1) and `ssm` (B, D, N) hold the state before
+  ///              token 0 on entry and after token L-1 on return (updated in place); if null, the
+  ///              sequences start from a zero state.
+  /// \throws ssm::shape_error if `hidden` does not have E features, `out` differs in shape or the
+  ///         state has the wrong shape.
   void forward(ExecSpace const& space, tensor3<const T> const& hidden, tensor3<T> const& out,
                state_type* state = nullptr) const {
     char const* fn = "ssm::mamba_mixer::forward";
@@ -199,8 +231,14 @@ class mamba_mixer {
   /// \brief Mix one token of each of B sequences, advancing their state (asynchronous on `space`).
   ///
   /// Equals `forward` over L tokens when called L times. Costs the same whatever the context length.
-  /// \param hidden (B, E) \param out (B, E), may be the same memory as hidden
-  /// \param state (B, ...) the state before this token on entry, after it on return.
+  /// \param space the execution space instance the work runs on; fence it before reading `out`
+  ///              or `state` on the host.
+  /// \param hidden (B, E) input, one token per sequence.
+  /// \param out (B, E) output; may be the same memory as `hidden`.
+  /// \param state `conv` (B, D, W-1) and `ssm` (B, D, N): the state before this token on entry,
+  ///              after it on return (updated in place).
+  /// \throws ssm::shape_error if `hidden` does not have E features, `out` differs in shape or the
+  ///         state has the wrong shape.
   void step(ExecSpace const& space, tensor2<const T> const& hidden, tensor2<T> const& out, state_type& state) const {
     char const* fn = "ssm::mamba_mixer::step";
     std::size_t const B = hidden.extent(0);
@@ -327,8 +365,11 @@ class mamba_mixer {
 };
 
 /// \brief A Mamba residual block: residual += hidden; out = mixer(RMSNorm(residual)).
-/// \tparam ExecSpace Kokkos execution space. \tparam T activation storage type.
-/// \tparam Wt weight storage type.
+///
+/// Like the mixer, it keeps scratch buffers: one object must not run two calls at once.
+/// \tparam ExecSpace Kokkos execution space; everything lives in its memory space.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices; defaults to `T`).
 template <class ExecSpace, class T = float, class Wt = T>
 class mamba_block {
  public:
@@ -336,13 +377,18 @@ class mamba_block {
   using memory_space = typename mixer_type::memory_space;    ///< where everything lives
   using state_type = typename mixer_type::state_type;        ///< the mixer's recurrent state
   /// \brief Contiguous tensors of rank 3, (B, L, E).
+  /// \tparam V element type.
   template <class V>
   using tensor3 = typename mixer_type::template tensor3<V>;
   /// \brief Contiguous tensors of rank 2, (B, E).
+  /// \tparam V element type.
   template <class V>
   using tensor2 = typename mixer_type::template tensor2<V>;
 
   /// \brief A block from a mixer and the weight (E) of its RMSNorm.
+  /// \param mixer the mixer (a shallow copy: it shares weights and scratch with the original).
+  /// \param norm_weight (E) the RMSNorm scale.
+  /// \throws ssm::shape_error if `norm_weight` is not (E) with E = `mixer.config().d_model`.
   mamba_block(mixer_type mixer, Kokkos::View<Wt*, Kokkos::LayoutRight, memory_space> norm_weight)
       : mixer_(std::move(mixer)), norm_weight_(std::move(norm_weight)) {
     detail::require(norm_weight_.extent(0) == static_cast<std::size_t>(mixer_.config().d_model), "ssm::mamba_block",
@@ -350,15 +396,21 @@ class mamba_block {
   }
 
   /// \brief The mixer.
+  /// \return the block's mixer.
   mixer_type const& mixer() const { return mixer_; }
-  /// \brief The RMSNorm weight (E).
+  /// \brief The RMSNorm weight.
+  /// \return (E) the RMSNorm scale.
   auto const& norm_weight() const { return norm_weight_; }
 
   /// \brief One block over B sequences of L tokens (asynchronous on `space`).
+  /// \param space the execution space instance the work runs on; fence it before reading `out`,
+  ///              `residual` or `*state` on the host.
   /// \param hidden (B, L, E) the previous block's output (the embeddings for the first block)
   /// \param residual (B, L, E) fp32 residual stream, zeros before the first block; updated in place
   /// \param out (B, L, E) this block's mixer output; may be the same memory as hidden
-  /// \param state as in `mamba_mixer::forward`
+  /// \param state optional, as in `mamba_mixer::forward`: `conv` (B, D, W-1) and `ssm` (B, D, N),
+  ///              updated in place; null to start from a zero state.
+  /// \throws ssm::shape_error if a shape disagrees with the others or with the configuration.
   void forward(ExecSpace const& space, tensor3<const T> const& hidden, tensor3<float> const& residual,
                tensor3<T> const& out, state_type* state = nullptr) const {
     std::size_t const B = hidden.extent(0), L = hidden.extent(1), E = hidden.extent(2);
@@ -369,8 +421,13 @@ class mamba_block {
   }
 
   /// \brief One token of each of B sequences (asynchronous on `space`).
-  /// \param hidden (B, E) \param residual (B, E) fp32, updated in place \param out (B, E)
-  /// \param state (B, ...) advanced by one token.
+  /// \param space the execution space instance the work runs on; fence it before reading `out`,
+  ///              `residual` or `state` on the host.
+  /// \param hidden (B, E) the previous block's output for this token.
+  /// \param residual (B, E) fp32 residual stream; updated in place.
+  /// \param out (B, E) this block's mixer output; may be the same memory as `hidden`.
+  /// \param state `conv` (B, D, W-1) and `ssm` (B, D, N), advanced by one token in place.
+  /// \throws ssm::shape_error if a shape disagrees with the others or with the configuration.
   void step(ExecSpace const& space, tensor2<const T> const& hidden, tensor2<float> const& residual,
             tensor2<T> const& out, state_type& state) const {
     std::size_t const B = hidden.extent(0), E = hidden.extent(1);

@@ -27,7 +27,10 @@ inline constexpr int max_conv_width = 8;
 /// \brief Everything a causal conv1d over a sequence reads and writes.
 ///
 /// `initial_state` and `final_state` may be the same memory; `out` must not overlap `x`.
-/// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+/// Only `x`, `weight` and `out` are required; default-constructed views mean "absent".
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct causal_conv1d_params {
   view3<const T, MemSpace> x;               ///< (B, D, L) input
@@ -40,6 +43,11 @@ struct causal_conv1d_params {
 };
 
 /// \brief Everything one streaming step of the causal conv1d reads and writes.
+///
+/// Only `bias` is optional. `out` must not overlap `x` or `state`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct causal_conv1d_update_params {
   view2<const T, MemSpace> x;               ///< (B, D) input of this token
@@ -100,6 +108,13 @@ conv_shape check(causal_conv1d_update_params<T, Wt, MemSpace> const& p, char con
 namespace reference {
 
 /// \brief Sequential reference of the causal conv1d: builds \f$\tilde x\f$ and convolves. Host only.
+///
+/// Synchronous host code with fp32 accumulation; the oracle of the tests.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p the tensors and flags (see `causal_conv1d_params` for the shapes).
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class T, class Wt, class MemSpace>
 void causal_conv1d(causal_conv1d_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -124,6 +139,13 @@ void causal_conv1d(causal_conv1d_params<T, Wt, MemSpace> const& p) {
 }
 
 /// \brief Sequential reference of one streaming step: out from [state, x], then shift x into the state.
+///
+/// Synchronous host code with fp32 accumulation; the oracle of the tests.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p the tensors and flags (see `causal_conv1d_update_params`); `p.state` is updated in place.
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class T, class Wt, class MemSpace>
 void causal_conv1d_update(causal_conv1d_update_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -147,9 +169,19 @@ void causal_conv1d_update(causal_conv1d_update_params<T, Wt, MemSpace> const& p)
 /// \brief Which implementation of the causal conv1d runs on an execution space; the primary
 /// template is the portable Kokkos path: one work item per (batch, channel), with a sliding window
 /// of the last W inputs in registers.
+///
+/// Specialise it for an execution space to plug in another kernel. `ssm::causal_conv1d` calls
+/// `run` only after checking the shapes and with B, D > 0.
+/// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct causal_conv1d_backend {
-  /// \brief Convolve a whole sequence on `space`.
+  /// \brief Convolve a whole sequence on `space` (asynchronous: returns once the work is enqueued).
+  /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+  /// \tparam Wt weight storage type (same choices).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance the kernel runs on.
+  /// \param p the checked tensors and flags.
+  /// \param s their sizes, as returned by the shape check.
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, causal_conv1d_params<T, Wt, MemSpace> const& p, conv_shape const& s) {
     int const channels = static_cast<int>(s.channels);
@@ -180,7 +212,13 @@ struct causal_conv1d_backend {
         });
   }
 
-  /// \brief One streaming step on `space`.
+  /// \brief One streaming step on `space` (asynchronous: returns once the work is enqueued).
+  /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+  /// \tparam Wt weight storage type (same choices).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance the kernel runs on.
+  /// \param p the checked tensors and flags; `p.state` is updated in place.
+  /// \param s their sizes, as returned by the shape check (L = 1).
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, causal_conv1d_update_params<T, Wt, MemSpace> const& p, conv_shape const& s) {
     int const channels = static_cast<int>(s.channels);
@@ -206,7 +244,16 @@ struct causal_conv1d_backend {
 };
 
 /// \brief Causal depthwise conv1d over a sequence on an execution space (asynchronous).
+///
+/// Checks the shapes on the host, then enqueues the work on `space` and returns: fence `space`
+/// before reading `p.out` or `p.final_state`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p the tensors and flags (see `causal_conv1d_params` for shapes and aliasing).
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void causal_conv1d(ExecSpace const& space, causal_conv1d_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,
@@ -217,7 +264,16 @@ void causal_conv1d(ExecSpace const& space, causal_conv1d_params<T, Wt, MemSpace>
 }
 
 /// \brief One streaming step of the causal conv1d on an execution space (asynchronous).
+///
+/// Checks the shapes on the host, then enqueues the work on `space` and returns: fence `space`
+/// before reading `p.out` or `p.state`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p the tensors and flags (see `causal_conv1d_update_params`); `p.state` is updated in place.
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void causal_conv1d_update(ExecSpace const& space, causal_conv1d_update_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,

@@ -19,42 +19,77 @@ namespace kmath = ::Kokkos::Experimental;
 #endif
 
 /// \brief \f$e^x\f$ in single precision, on host and device.
+/// \param x the exponent.
+/// \return \f$e^x\f$.
 KOKKOS_INLINE_FUNCTION float exp(float x) { return kmath::exp(x); }
 /// \brief \f$e^x\f$ in double precision, on host and device.
+/// \param x the exponent.
+/// \return \f$e^x\f$.
 KOKKOS_INLINE_FUNCTION double exp(double x) { return kmath::exp(x); }
-/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$.
+/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$ (single precision).
+/// \param x the exponent.
+/// \return \f$e^x - 1\f$.
 KOKKOS_INLINE_FUNCTION float expm1(float x) { return kmath::expm1(x); }
-/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$.
+/// \brief \f$e^x - 1\f$, accurate for small \f$x\f$ (double precision).
+/// \param x the exponent.
+/// \return \f$e^x - 1\f$.
 KOKKOS_INLINE_FUNCTION double expm1(double x) { return kmath::expm1(x); }
-/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$.
+/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$ (single precision).
+/// \param x the argument, \f$x > -1\f$.
+/// \return \f$\log(1 + x)\f$ (natural logarithm).
 KOKKOS_INLINE_FUNCTION float log1p(float x) { return kmath::log1p(x); }
-/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$.
+/// \brief \f$\log(1 + x)\f$, accurate for small \f$x\f$ (double precision).
+/// \param x the argument, \f$x > -1\f$.
+/// \return \f$\log(1 + x)\f$ (natural logarithm).
 KOKKOS_INLINE_FUNCTION double log1p(double x) { return kmath::log1p(x); }
-/// \brief Square root.
+/// \brief Square root (single precision).
+/// \param x the argument, \f$x \ge 0\f$.
+/// \return \f$\sqrt{x}\f$.
 KOKKOS_INLINE_FUNCTION float sqrt(float x) { return kmath::sqrt(x); }
-/// \brief Square root.
+/// \brief Square root (double precision).
+/// \param x the argument, \f$x \ge 0\f$.
+/// \return \f$\sqrt{x}\f$.
 KOKKOS_INLINE_FUNCTION double sqrt(double x) { return kmath::sqrt(x); }
-/// \brief Sine.
+/// \brief Sine (single precision).
+/// \param x the angle in radians.
+/// \return \f$\sin x\f$.
 KOKKOS_INLINE_FUNCTION float sin(float x) { return kmath::sin(x); }
-/// \brief Sine.
+/// \brief Sine (double precision).
+/// \param x the angle in radians.
+/// \return \f$\sin x\f$.
 KOKKOS_INLINE_FUNCTION double sin(double x) { return kmath::sin(x); }
-/// \brief Cosine.
+/// \brief Cosine (single precision).
+/// \param x the angle in radians.
+/// \return \f$\cos x\f$.
 KOKKOS_INLINE_FUNCTION float cos(float x) { return kmath::cos(x); }
-/// \brief Cosine.
+/// \brief Cosine (double precision).
+/// \param x the angle in radians.
+/// \return \f$\cos x\f$.
 KOKKOS_INLINE_FUNCTION double cos(double x) { return kmath::cos(x); }
-/// \brief Absolute value.
+/// \brief Absolute value (single precision).
+/// \param x the argument.
+/// \return \f$|x|\f$.
 KOKKOS_INLINE_FUNCTION float fabs(float x) { return kmath::fabs(x); }
-/// \brief Absolute value.
+/// \brief Absolute value (double precision).
+/// \param x the argument.
+/// \return \f$|x|\f$.
 KOKKOS_INLINE_FUNCTION double fabs(double x) { return kmath::fabs(x); }
 
 /// \brief Complex exponential (the same function in every Kokkos version).
+/// \tparam Real `float` or `double`.
+/// \param z the complex exponent.
+/// \return \f$e^z\f$.
 template <class Real>
 KOKKOS_INLINE_FUNCTION Kokkos::complex<Real> exp(Kokkos::complex<Real> const& z) {
   return Kokkos::exp(z);
 }
 
 /// \brief Wait for all work submitted to `space`; the label names the wait in Kokkos Tools.
+///
+/// Blocks the calling host thread. Kokkos 3.4 cannot label a fence, so there the label is ignored.
 /// \tparam ExecSpace a Kokkos execution space.
+/// \param space the execution space instance to wait for.
+/// \param label a name for the fence in Kokkos Tools (ignored on Kokkos 3.4).
 template <class ExecSpace>
 void fence(ExecSpace const& space, [[maybe_unused]] char const* label) {
 #if KOKKOS_VERSION >= 30700
@@ -66,6 +101,8 @@ void fence(ExecSpace const& space, [[maybe_unused]] char const* label) {
 
 /// \brief Number of threads an execution space instance can run at once.
 /// \tparam ExecSpace a Kokkos execution space.
+/// \param space the execution space instance.
+/// \return its concurrency (at least 1).
 template <class ExecSpace>
 int concurrency(ExecSpace const& space) {
   return space.concurrency();  // static in 3.4, a member in 4.x: this spelling works for both

@@ -39,14 +39,20 @@ KOKKOS_INLINE_FUNCTION To bit_cast(From const& from) {
 }  // namespace detail
 
 /// \brief Widen a storage value to `float` (the identity for `float`).
+/// \param x the value.
+/// \return `x` unchanged.
 KOKKOS_INLINE_FUNCTION float to_float(float x) { return x; }
 
 /// \brief Widen a bfloat16 to `float`: exact.
+/// \param x the bfloat16 value.
+/// \return the same value as a `float`.
 KOKKOS_INLINE_FUNCTION float to_float(bf16 x) {
   return detail::bit_cast<float>(static_cast<std::uint32_t>(x.bits) << 16);
 }
 
 /// \brief Widen a binary16 to `float`: exact, subnormals included.
+/// \param x the binary16 value.
+/// \return the same value as a `float`.
 KOKKOS_INLINE_FUNCTION float to_float(f16 x) {
   std::uint32_t const sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
   std::uint32_t const exponent = (x.bits >> 10) & 0x1Fu;
@@ -63,14 +69,22 @@ KOKKOS_INLINE_FUNCTION float to_float(f16 x) {
 
 /// \brief Narrow a `float` to a storage type, rounding to nearest even.
 /// \tparam T `float`, `ssm::f16` or `ssm::bf16`.
+/// \param x the value to narrow.
+/// \return the nearest value of type `T` (NaN stays NaN, overflow becomes infinity).
 template <class T>
 KOKKOS_INLINE_FUNCTION T from_float(float x);
 
+/// \brief `from_float` for `float`: the identity.
+/// \param x the value.
+/// \return `x` unchanged.
 template <>
 KOKKOS_INLINE_FUNCTION float from_float<float>(float x) {
   return x;
 }
 
+/// \brief `from_float` for bfloat16: round to nearest even; NaN becomes a quiet NaN of the same sign.
+/// \param x the value to narrow.
+/// \return the nearest bfloat16 (overflow rounds to infinity).
 template <>
 KOKKOS_INLINE_FUNCTION bf16 from_float<bf16>(float x) {
   std::uint32_t u = detail::bit_cast<std::uint32_t>(x);
@@ -81,6 +95,12 @@ KOKKOS_INLINE_FUNCTION bf16 from_float<bf16>(float x) {
   return bf16{static_cast<std::uint16_t>(u >> 16)};
 }
 
+/// \brief `from_float` for binary16: round to nearest even, subnormals included, as F16C does.
+///
+/// Magnitudes of 65520 and above become infinity; NaN becomes a quiet NaN keeping the top of
+/// its payload.
+/// \param x the value to narrow.
+/// \return the nearest binary16.
 template <>
 KOKKOS_INLINE_FUNCTION f16 from_float<f16>(float x) {
   std::uint32_t u = detail::bit_cast<std::uint32_t>(x);
@@ -110,24 +130,30 @@ KOKKOS_INLINE_FUNCTION f16 from_float<f16>(float x) {
   return f16{static_cast<std::uint16_t>(sign | result)};
 }
 
-/// \brief Name and size of each storage type, as safetensors spells them.
+/// \brief Name of each storage type, as safetensors spells it.
+/// \tparam T `float`, `ssm::f16` or `ssm::bf16`; other types are declared but not defined.
 template <class T>
 struct dtype_traits;
 
+/// \brief `dtype_traits` of `float`: safetensors `F32`.
 template <>
 struct dtype_traits<float> {
   static constexpr std::string_view name = "F32";  ///< safetensors dtype string
 };
+/// \brief `dtype_traits` of `ssm::f16`: safetensors `F16`.
 template <>
 struct dtype_traits<f16> {
   static constexpr std::string_view name = "F16";  ///< safetensors dtype string
 };
+/// \brief `dtype_traits` of `ssm::bf16`: safetensors `BF16`.
 template <>
 struct dtype_traits<bf16> {
   static constexpr std::string_view name = "BF16";  ///< safetensors dtype string
 };
 
 /// \brief Unit roundoff \f$u = 2^{-p}\f$ of a storage type (half the distance from 1 to the next value).
+/// \tparam T `float`, `ssm::f16` or `ssm::bf16` (any other type is treated as `float`).
+/// \return \f$2^{-11}\f$ for `f16`, \f$2^{-8}\f$ for `bf16`, \f$2^{-24}\f$ otherwise.
 template <class T>
 constexpr double unit_roundoff() {
   if constexpr (std::is_same_v<T, f16>) return 0x1p-11;

@@ -13,14 +13,20 @@ namespace ssm {
 
 /// \brief \f$\mathrm{softplus}(x) = \log(1 + e^x)\f$, and \f$x\f$ itself above 20, exactly as
 /// `torch.nn.functional.softplus` (beta 1, threshold 20) and mamba_ssm's kernels compute it.
+/// \param x any float.
+/// \return \f$\mathrm{softplus}(x) \ge 0\f$.
 KOKKOS_INLINE_FUNCTION float softplus(float x) {
   return x <= 20.0f ? compat::log1p(compat::exp(x)) : x;
 }
 
 /// \brief Logistic sigmoid \f$\sigma(x) = 1 / (1 + e^{-x})\f$.
+/// \param x any float.
+/// \return \f$\sigma(x) \in [0, 1]\f$.
 KOKKOS_INLINE_FUNCTION float sigmoid(float x) { return 1.0f / (1.0f + compat::exp(-x)); }
 
 /// \brief SiLU (swish) \f$x\,\sigma(x)\f$.
+/// \param x any float.
+/// \return \f$x / (1 + e^{-x})\f$.
 KOKKOS_INLINE_FUNCTION float silu(float x) { return x / (1.0f + compat::exp(-x)); }
 
 /// \brief \f$e^x\f$ in fp32 without branches or calls, so that loops of it vectorize.
@@ -117,12 +123,18 @@ KOKKOS_INLINE_FUNCTION float fast_softplus(float x) {
 KOKKOS_INLINE_FUNCTION float fast_silu(float x) { return x / (1.0f + fast_exp(-x)); }
 
 /// \brief The smaller of two values (Kokkos 3.4 has no `Kokkos::min`).
+/// \tparam T any type with `operator<`.
+/// \param a,b the values.
+/// \return `b` if `b < a`, else `a`.
 template <class T>
 KOKKOS_INLINE_FUNCTION constexpr T min(T a, T b) {
   return b < a ? b : a;
 }
 
 /// \brief The larger of two values (Kokkos 3.4 has no `Kokkos::max`).
+/// \tparam T any type with `operator<`.
+/// \param a,b the values.
+/// \return `b` if `a < b`, else `a`.
 template <class T>
 KOKKOS_INLINE_FUNCTION constexpr T max(T a, T b) {
   return a < b ? b : a;

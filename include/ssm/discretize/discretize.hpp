@@ -57,7 +57,14 @@ KOKKOS_INLINE_FUNCTION Kokkos::complex<Real> exprel(Kokkos::complex<Real> const&
 
 /// \brief Zero-order hold: exact for input held constant over each step.
 struct zoh {
-  /// \brief Discretize one diagonal entry. \param a pole \param b input gain \param dt step
+  /// \brief Discretize one diagonal entry.
+  /// \tparam Scalar `float`, `double` or `Kokkos::complex` of either.
+  /// \tparam Real the real type of the step (`float` or `double`).
+  /// \param a the pole \f$a\f$ (one diagonal entry of \f$A\f$).
+  /// \param b the input gain \f$b\f$.
+  /// \param dt the step \f$\Delta > 0\f$.
+  /// \return \f$(\bar a, \bar b) = (e^{\Delta a},\ (e^{\Delta a} - 1)\, b / a)\f$, with
+  ///         \f$\bar b = \Delta b\f$ at \f$a = 0\f$.
   template <class Scalar, class Real>
   KOKKOS_INLINE_FUNCTION static discrete_pair<Scalar> discretize(Scalar const& a, Scalar const& b, Real dt) {
     Scalar const z = a * dt;
@@ -67,7 +74,13 @@ struct zoh {
 
 /// \brief Bilinear (Tustin) transform: maps \f$\mathrm{Re}\,a < 0\f$ to \f$|\bar a| < 1\f$.
 struct bilinear {
-  /// \brief Discretize one diagonal entry. \param a pole \param b input gain \param dt step
+  /// \brief Discretize one diagonal entry.
+  /// \tparam Scalar `float`, `double` or `Kokkos::complex` of either.
+  /// \tparam Real the real type of the step (`float` or `double`).
+  /// \param a the pole \f$a\f$ (one diagonal entry of \f$A\f$).
+  /// \param b the input gain \f$b\f$.
+  /// \param dt the step \f$\Delta > 0\f$.
+  /// \return \f$(\bar a, \bar b) = ((1 + \Delta a/2) / (1 - \Delta a/2),\ \Delta b / (1 - \Delta a/2))\f$.
   template <class Scalar, class Real>
   KOKKOS_INLINE_FUNCTION static discrete_pair<Scalar> discretize(Scalar const& a, Scalar const& b, Real dt) {
     Scalar const half = a * (dt / Real(2));
@@ -78,7 +91,13 @@ struct bilinear {
 
 /// \brief Forward Euler: first order, stable only for \f$|1 + \Delta a| < 1\f$.
 struct euler {
-  /// \brief Discretize one diagonal entry. \param a pole \param b input gain \param dt step
+  /// \brief Discretize one diagonal entry.
+  /// \tparam Scalar `float`, `double` or `Kokkos::complex` of either.
+  /// \tparam Real the real type of the step (`float` or `double`).
+  /// \param a the pole \f$a\f$ (one diagonal entry of \f$A\f$).
+  /// \param b the input gain \f$b\f$.
+  /// \param dt the step \f$\Delta > 0\f$.
+  /// \return \f$(\bar a, \bar b) = (1 + \Delta a,\ \Delta b)\f$.
   template <class Scalar, class Real>
   KOKKOS_INLINE_FUNCTION static discrete_pair<Scalar> discretize(Scalar const& a, Scalar const& b, Real dt) {
     return {Scalar(1) + a * dt, b * dt};
@@ -87,7 +106,13 @@ struct euler {
 
 /// \brief Mamba's selective rule: \f$\bar a = e^{\Delta a}\f$, \f$\bar b = \Delta b\f$.
 struct selective {
-  /// \brief Discretize one diagonal entry. \param a pole \param b input gain \param dt step
+  /// \brief Discretize one diagonal entry.
+  /// \tparam Scalar `float`, `double` or `Kokkos::complex` of either.
+  /// \tparam Real the real type of the step (`float` or `double`).
+  /// \param a the pole \f$a\f$ (one diagonal entry of \f$A\f$).
+  /// \param b the input gain \f$b\f$.
+  /// \param dt the step \f$\Delta > 0\f$.
+  /// \return \f$(\bar a, \bar b) = (e^{\Delta a},\ \Delta b)\f$.
   template <class Scalar, class Real>
   KOKKOS_INLINE_FUNCTION static discrete_pair<Scalar> discretize(Scalar const& a, Scalar const& b, Real dt) {
     return {compat::exp(a * dt), b * dt};
@@ -96,10 +121,21 @@ struct selective {
 
 /// \brief Discretize a whole diagonal system on an execution space (asynchronous).
 ///
+/// Computes \f$(\bar a_{dn}, \bar b_{dn}) = \mathrm{Policy::discretize}(a_{dn}, b_{dn}, \Delta_d)\f$ for
+/// every entry. The work is enqueued on `space` and this returns at once: fence `space` before
+/// reading `a_bar` or `b_bar` on the host. The outputs must not alias the inputs.
 /// \tparam Policy `zoh`, `bilinear`, `euler` or `selective`.
 /// \tparam ExecSpace a Kokkos execution space that can access the views' memory.
-/// \param a (D, N) poles \param b (D, N) input gains \param dt (D) one step per channel
-/// \param a_bar (D, N) \param b_bar (D, N) outputs (any rank-2 views of the scalar type of a)
+/// \tparam AView,BView rank-2 Kokkos views of a scalar type (`float`, `double` or `Kokkos::complex`).
+/// \tparam DtView rank-1 Kokkos view of the real step type.
+/// \tparam ABarView,BBarView rank-2 Kokkos views of a writable scalar type (that of `a`).
+/// \param space the execution space instance the work runs on.
+/// \param a (D, N) poles.
+/// \param b (D, N) input gains.
+/// \param dt (D) one step per channel.
+/// \param a_bar (D, N) output: \f$\bar a\f$.
+/// \param b_bar (D, N) output: \f$\bar b\f$.
+/// \throws ssm::shape_error if the extents disagree.
 template <class Policy, class ExecSpace, class AView, class BView, class DtView, class ABarView, class BBarView>
 void discretize(ExecSpace const& space, AView const& a, BView const& b, DtView const& dt, ABarView const& a_bar,
                 BBarView const& b_bar) {

@@ -40,7 +40,8 @@ namespace ssm::io {
 
 /// \brief The error thrown for a missing, unreadable or malformed safetensors file, or a bad request.
 ///
-/// `what()` reads `safetensors file '<path>': <problem>`.
+/// `what()` reads: safetensors file 'PATH': PROBLEM, with PATH the file's path and PROBLEM the
+/// description of what is wrong.
 class safetensors_error : public std::runtime_error {
  public:
   /// \brief Build the message from the file's path and a description of the problem.
@@ -58,12 +59,14 @@ struct tensor_info {
   std::uint64_t end = 0;            ///< one past the last byte, relative to the start of the data section
 
   /// \brief Number of elements: the product of `shape` (1 for a scalar).
+  /// \return the element count (validated on load not to overflow).
   [[nodiscard]] std::int64_t numel() const {
     std::int64_t n = 1;
     for (auto d : shape) n *= d;  // validated on load: cannot overflow
     return n;
   }
   /// \brief Number of bytes of the data, `end - begin`.
+  /// \return the byte count, `numel()` times the dtype's size.
   [[nodiscard]] std::uint64_t nbytes() const { return end - begin; }
 };
 
@@ -179,13 +182,16 @@ class safetensors_file {
   }
 
   /// \brief The path the file was read from, as given.
+  /// \return the path, as a string.
   [[nodiscard]] std::string const& path() const noexcept { return path_; }
 
   /// \brief Whether the file holds a tensor of this name.
   /// \param name tensor name, e.g. `"backbone.norm_f.weight"`
+  /// \return true if `name` is one of `names()`.
   [[nodiscard]] bool contains(std::string const& name) const { return tensors_.count(name) != 0; }
 
   /// \brief The names of all tensors, sorted.
+  /// \return a new vector of the names (without `__metadata__`).
   [[nodiscard]] std::vector<std::string> names() const {
     std::vector<std::string> out;
     out.reserve(tensors_.size());
@@ -195,6 +201,7 @@ class safetensors_file {
 
   /// \brief Dtype, shape and byte range of a tensor.
   /// \param name tensor name
+  /// \return its entry, valid as long as this object lives.
   /// \throws safetensors_error if there is no such tensor
   [[nodiscard]] tensor_info const& info(std::string const& name) const {
     auto const it = tensors_.find(name);
@@ -203,6 +210,7 @@ class safetensors_file {
   }
 
   /// \brief The `__metadata__` map of the header (empty if the header has none).
+  /// \return key to value, both strings, sorted by key.
   [[nodiscard]] std::map<std::string, std::string> const& metadata() const noexcept { return metadata_; }
 
   /// \brief The raw little-endian bytes of a tensor.

@@ -45,7 +45,15 @@ void widen(View const& v, std::size_t row0, std::size_t rows, std::vector<float>
 }  // namespace detail
 
 /// \brief \f$y = x W^\top + b\f$ with Eigen, on the calling thread (Eigen may use OpenMP threads).
-/// \param x (M, K) \param weight (N, K) \param bias (N) or empty \param y (M, N)
+///
+/// Synchronous. Does not check shapes (`ssm::linear` does). fp32 row-contiguous operands are used
+/// in place; others are widened to fp32 (the weights a panel of `weight_panel_rows` rows at a time).
+/// \tparam XView,WView,BView,YView rank-2 (rank-1 for `BView`) host-accessible Kokkos views of
+///         `float`, `ssm::f16` or `ssm::bf16`.
+/// \param x (M, K) activations.
+/// \param weight (N, K) weights, [out, in].
+/// \param bias (N), or a default-constructed view for none.
+/// \param y (M, N) output; must not overlap `x`, `weight` or `bias`.
 template <class XView, class WView, class BView, class YView>
 void linear(XView const& x, WView const& weight, BView const& bias, YView const& y) {
   using T = typename YView::value_type;

@@ -19,7 +19,11 @@ namespace ssm {
 
 /// \brief Everything a linear layer reads and writes.
 ///
-/// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+/// GEMM sizes: M rows (tokens), K input features, N output features. Only `bias` is optional
+/// (a default-constructed view means "absent").
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct linear_params {
   view2<const T, MemSpace> x;         ///< (M, K) one row per token
@@ -46,6 +50,13 @@ void check(linear_params<T, Wt, MemSpace> const& p, char const* function) {
 namespace reference {
 
 /// \brief Plain triple loop, fp32 accumulation in the order k = 0 ... K-1. Host only.
+///
+/// Synchronous host code; the oracle of the tests.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p `x` (M, K), `weight` (N, K), optional `bias` (N), output `y` (M, N); see `linear_params`.
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class T, class Wt, class MemSpace>
 void linear(linear_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -89,9 +100,19 @@ void linear_kokkos(ExecSpace const& space, linear_params<T, Wt, MemSpace> const&
 ///
 /// Host execution spaces use Eigen's blocked GEMM (`ssm::eigen::linear`); any other space runs
 /// the portable Kokkos kernel. A backend with a vendor library (cuBLASLt) specialises this trait.
+/// `ssm::linear` calls `run` only after checking the shapes and with M, N > 0.
+/// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct linear_backend {
   /// \brief Run \f$y = x W^\top + b\f$ on `space`.
+  ///
+  /// On a host space with host-accessible tensors: fences `space`, then runs Eigen synchronously
+  /// on the calling thread. Otherwise asynchronous: returns once the Kokkos kernel is enqueued.
+  /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+  /// \tparam Wt weight storage type (same choices).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance.
+  /// \param p the checked tensors: `x` (M, K), `weight` (N, K), optional `bias` (N), `y` (M, N).
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
     if constexpr (is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace> &&
@@ -105,7 +126,17 @@ struct linear_backend {
 };
 
 /// \brief A linear layer \f$y = x W^\top + b\f$ on an execution space.
+///
+/// \f$y_{mn} = b_n + \sum_k x_{mk} W_{nk}\f$, accumulated in fp32. Treat it as asynchronous: fence
+/// `space` before reading `p.y` (the host Eigen path happens to finish before returning).
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p `x` (M, K), `weight` (N, K), optional `bias` (N), output `y` (M, N), which must not
+///          overlap `x`; see `linear_params`.
+/// \throws ssm::shape_error if a required tensor is missing or the shapes disagree.
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void linear(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,

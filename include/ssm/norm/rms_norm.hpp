@@ -23,7 +23,10 @@ namespace ssm {
 /// \brief Everything an RMSNorm reads and writes.
 ///
 /// `residual` and `residual_out` may be the same memory (the residual stream updated in place).
-/// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+/// Only `x`, `weight` and `out` are required; default-constructed views mean "absent".
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct rms_norm_params {
   view2<const T, MemSpace> x;                   ///< (M, E) one row per token
@@ -56,6 +59,13 @@ void check(rms_norm_params<T, Wt, MemSpace> const& p, char const* function) {
 namespace reference {
 
 /// \brief Sequential reference of RMSNorm with residual add: two passes per row, fp32. Host only.
+///
+/// Synchronous host code; the oracle of the tests.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p the tensors and \f$\epsilon\f$ (see `rms_norm_params` for the shapes and aliasing).
+/// \throws ssm::shape_error if a required tensor is missing, the shapes disagree or `eps` is negative.
 template <class T, class Wt, class MemSpace>
 void rms_norm(rms_norm_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -81,9 +91,18 @@ void rms_norm(rms_norm_params<T, Wt, MemSpace> const& p) {
 
 /// \brief Which implementation of RMSNorm runs on an execution space; the primary template is
 /// the portable Kokkos path: one team per row, the sum of squares reduced across the team.
+///
+/// Specialise it for an execution space to plug in another kernel. `ssm::rms_norm` calls `run`
+/// only after checking the shapes and with M > 0.
+/// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct rms_norm_backend {
-  /// \brief Normalise every row on `space`.
+  /// \brief Normalise every row on `space` (asynchronous: returns once the work is enqueued).
+  /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+  /// \tparam Wt weight storage type (same choices).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance the kernel runs on.
+  /// \param p the checked tensors and \f$\epsilon\f$.
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
     using team_policy = Kokkos::TeamPolicy<ExecSpace>;
@@ -117,7 +136,16 @@ struct rms_norm_backend {
 };
 
 /// \brief RMSNorm (with optional fused residual add) on an execution space (asynchronous).
+///
+/// Checks the shapes on the host, then enqueues the work on `space` and returns: fence `space`
+/// before reading `p.out` or `p.residual_out`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p the tensors and \f$\epsilon\f$ (see `rms_norm_params` for the shapes and aliasing).
+/// \throws ssm::shape_error if a required tensor is missing, the shapes disagree or `eps` is negative.
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void rms_norm(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,

@@ -100,8 +100,13 @@ namespace reference {
 
 /// \brief Sequential reference of the selective scan: plain loops, one line per equation, fp32.
 ///
-/// The oracle of every test of the faster paths. Runs on the calling thread.
-/// \tparam T storage type of activations. \tparam MemSpace must be host-accessible.
+/// The oracle of every test of the faster paths. Synchronous: runs on the calling thread.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p the tensors and flags (see `selective_scan_params` for the shapes and aliasing):
+///          `u`, `delta`, `z`, `out` (B, D, L); `A` (D, N); `B`, `C` (B, G, N, L); `D`, `delta_bias` (D);
+///          `initial_state`, `final_state` (B, D, N).
+/// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
 template <class T, class MemSpace>
 void selective_scan(selective_scan_params<T, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -228,9 +233,17 @@ void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemS
 ///
 /// The primary template is the portable Kokkos path. A backend specialises this trait in its
 /// own header (see `ssm/scan/cuda/`) to take over with a hand-written kernel.
+/// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct selective_scan_backend {
-  /// \brief Run the scan on `space`. \tparam T activation storage type.
+  /// \brief Run the scan on `space` (asynchronous: returns once the work is enqueued).
+  ///
+  /// `ssm::selective_scan` calls it only after checking the shapes and with B, D > 0.
+  /// \tparam T activation storage type (`float`, `ssm::f16`, `ssm::bf16`).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance the kernel runs on.
+  /// \param p the checked tensors and flags.
+  /// \param s their sizes, as returned by the shape check.
   template <class T, class MemSpace>
   static void run(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
                   scan_shape const& s) {
@@ -244,9 +257,16 @@ struct selective_scan_backend {
 
 /// \brief The selective scan on an execution space (asynchronous: fence `space` before reading).
 ///
+/// Checks the shapes on the host, then enqueues the work on `space` and returns: fence `space`
+/// before reading `p.out` or `p.final_state`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor.
 /// \param space the execution space instance (its stream, on a GPU).
-/// \param p the tensors; shapes are checked and a `ssm::shape_error` names the first wrong one.
+/// \param p the tensors and flags (see `selective_scan_params` for the shapes and aliasing):
+///          `u`, `delta`, `z`, `out` (B, D, L); `A` (D, N); `B`, `C` (B, G, N, L); `D`, `delta_bias` (D);
+///          `initial_state`, `final_state` (B, D, N).
+/// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
 template <class ExecSpace, class T, class MemSpace>
 void selective_scan(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,

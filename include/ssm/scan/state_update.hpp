@@ -23,7 +23,11 @@
 namespace ssm {
 
 /// \brief Everything one decoding step of the selective scan reads and writes.
-/// \tparam T storage type of activations. \tparam MemSpace memory space of every tensor.
+///
+/// `D`, `z` and `dt_bias` are optional (a default-constructed view means "absent"); `out` must not
+/// overlap the inputs. Channel d uses group d / (D / G) of `B` and `C`.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor.
 template <class T, class MemSpace>
 struct selective_state_update_params {
   view3<float, MemSpace> state;             ///< (B, D, N) the recurrent state, updated in place
@@ -73,6 +77,14 @@ scan_shape check(selective_state_update_params<T, MemSpace> const& p, char const
 namespace reference {
 
 /// \brief Sequential reference of one decoding step: plain loops, fp32. Host memory only.
+///
+/// Synchronous: runs on the calling thread. The oracle of the tests.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \param p the tensors and flags (see `selective_state_update_params`): `state` (B, D, N),
+///          updated in place; `x`, `dt`, `z`, `out` (B, D); `A` (D, N); `B`, `C` (B, G, N);
+///          `D`, `dt_bias` (D).
+/// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
 template <class T, class MemSpace>
 void selective_state_update(selective_state_update_params<T, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
@@ -105,9 +117,18 @@ void selective_state_update(selective_state_update_params<T, MemSpace> const& p)
 /// \brief Which implementation of the state update runs on an execution space (see
 /// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path, with the
 /// same arithmetic as the scan's, so that L steps reproduce a scan over L tokens.
+/// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct selective_state_update_backend {
   /// \brief Run one step on `space`: one work item per (batch, channel).
+  ///
+  /// Asynchronous: returns once the work is enqueued. `ssm::selective_state_update` calls it only
+  /// after checking the shapes and with B, D > 0.
+  /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance the kernel runs on.
+  /// \param p the checked tensors and flags; `p.state` is updated in place.
+  /// \param s their sizes, as returned by the shape check (L = 1).
   template <class T, class MemSpace>
   static void run(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
                   scan_shape const& s) {
@@ -143,7 +164,17 @@ struct selective_state_update_backend {
 };
 
 /// \brief One decoding step of the selective scan on an execution space (asynchronous).
+///
+/// Checks the shapes on the host, then enqueues the work on `space` and returns: fence `space`
+/// before reading `p.out` or `p.state`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p the tensors and flags (see `selective_state_update_params`): `state` (B, D, N),
+///          updated in place; `x`, `dt`, `z`, `out` (B, D); `A` (D, N); `B`, `C` (B, G, N);
+///          `D`, `dt_bias` (D).
+/// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
 template <class ExecSpace, class T, class MemSpace>
 void selective_state_update(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,
