@@ -214,3 +214,26 @@ TEST_CASE("mamba mixer: wrong weights and inputs are refused with the tensor nam
   host3<float> good("good", 1, 3, c.d_model), good_out("good_out", 1, 3, c.d_model);
   REQUIRE_THROWS_WITH(mixer.forward(space(), good, good_out, &state), Catch::Contains("state.conv must be"));
 }
+
+TEST_CASE("mamba mixer: a conv of width 1 has an empty conv state, and still steps", "[mamba]") {
+  auto c = small_config();
+  c.d_conv = 1;
+  mamba_mixer<space, float, float> mixer(c, random_weights<float>(c, 21));
+  std::size_t const B = 1, L = 5;
+  host3<float> hidden("hidden", B, L, c.d_model), out("out", B, L, c.d_model);
+  fill_uniform(hidden, 22, -2.0f, 2.0f);
+  mixer.forward(space(), hidden, out);
+  space().fence();
+  require_close(out, reference_mixer<float, float>(c, mixer.weights(), hidden),
+                mixer_tolerance<float>(c, L, max_abs(out)), "forward");
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+  REQUIRE(state.conv.extent(2) == 0);
+  host2<float> token("token", B, c.d_model), token_out("token_out", B, c.d_model);
+  for (std::size_t l = 0; l < L; ++l) {
+    for (int e = 0; e < c.d_model; ++e) token(0, e) = hidden(0, l, e);
+    mixer.step(space(), token, token_out, state);
+    space().fence();
+    for (int e = 0; e < c.d_model; ++e)
+      CHECK(token_out(0, e) == Approx(out(0, l, e)).margin(1e-5 * std::max(1.0, max_abs(out))));
+  }
+}

@@ -46,12 +46,18 @@ inline constexpr bool is_accessible_v =
     Kokkos::SpaceAccessibility<ExecSpace, MemSpace>::accessible;
 
 /// \brief True when an optional tensor was given (a default-constructed view was not).
-/// \tparam View any Kokkos view type.
+///
+/// A default-constructed view has no data and every extent zero; a given tensor has data or a
+/// nonzero extent, so a zero-size tensor such as a (B, D, 0) conv state (width W = 1) counts as
+/// given even where Kokkos gives it no memory.
 /// \param v the view, of any shape.
-/// \return `v.data() != nullptr`.
+/// \return whether `v` has data or any nonzero extent.
 template <class View>
 bool given(View const& v) {
-  return v.data() != nullptr;
+  if (v.data() != nullptr) return true;
+  for (unsigned r = 0; r < static_cast<unsigned>(View::rank); ++r)
+    if (v.extent(r) != 0) return true;
+  return false;
 }
 
 /// \brief View memory as a rank-3 strided tensor with the given extents and strides.

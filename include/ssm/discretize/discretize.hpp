@@ -139,7 +139,11 @@ struct selective {
 template <class Policy, class ExecSpace, class AView, class BView, class DtView, class ABarView, class BBarView>
 void discretize(ExecSpace const& space, AView const& a, BView const& b, DtView const& dt, ABarView const& a_bar,
                 BBarView const& b_bar) {
-  static_assert(is_accessible_v<ExecSpace, typename AView::memory_space>,
+  static_assert(is_accessible_v<ExecSpace, typename AView::memory_space> &&
+                    is_accessible_v<ExecSpace, typename BView::memory_space> &&
+                    is_accessible_v<ExecSpace, typename DtView::memory_space> &&
+                    is_accessible_v<ExecSpace, typename ABarView::memory_space> &&
+                    is_accessible_v<ExecSpace, typename BBarView::memory_space>,
                 "ssm::discretize: the tensors must be accessible from the execution space");
   auto const D = a.extent(0), N = a.extent(1);
   auto const same = [&](auto const& v) { return v.extent(0) == D && v.extent(1) == N; };

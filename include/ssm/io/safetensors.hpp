@@ -34,7 +34,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "ssm/core/dtype.hpp"
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
 
 namespace ssm::io {
 
@@ -42,13 +43,13 @@ namespace ssm::io {
 ///
 /// `what()` reads: safetensors file 'PATH': PROBLEM, with PATH the file's path and PROBLEM the
 /// description of what is wrong.
-class safetensors_error : public std::runtime_error {
+class safetensors_error : public ssm::error {
  public:
   /// \brief Build the message from the file's path and a description of the problem.
   /// \param path the file concerned
   /// \param problem what is wrong with it
   safetensors_error(std::string const& path, std::string const& problem)
-      : std::runtime_error("safetensors file '" + path + "': " + problem) {}
+      : ssm::error("safetensors file '" + path + "': " + problem) {}
 };
 
 /// \brief Where and how one tensor is stored.

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
@@ -232,7 +233,7 @@ void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemS
 /// \brief Which implementation of the selective scan runs on an execution space.
 ///
 /// The primary template is the portable Kokkos path. A backend specialises this trait in its
-/// own header (see `ssm/scan/cuda/`) to take over with a hand-written kernel.
+/// own header to take over with a hand-written kernel for its execution space.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct selective_scan_backend {
