@@ -155,7 +155,7 @@ TEST_CASE("mamba mixer: a sequence in pieces equals the whole, with the state ca
   }
 }
 
-TEST_CASE("mamba block: residual add, RMSNorm, mixer; forward equals steps", "[mamba]") {
+TEST_CASE("mamba block: residual add, RMSNorm, mixer, and forward equals steps", "[mamba]") {
   auto const c = small_config();
   auto const weights = random_weights<float>(c, 12);
   Kokkos::View<float*, Kokkos::LayoutRight, Kokkos::HostSpace> norm_weight("norm", c.d_model);

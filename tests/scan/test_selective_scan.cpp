@@ -90,7 +90,7 @@ TEMPLATE_TEST_CASE("selective scan: Kokkos path equals the reference", "[scan]",
   }
 }
 
-TEMPLATE_TEST_CASE("selective scan: [0, L) equals [0, k) then [k, L) with the state carried", "[scan]", float, bf16) {
+TEMPLATE_TEST_CASE("selective scan: one call over 0..L equals calls over 0..k then k..L with the state carried", "[scan]", float, bf16) {
   using T = TestType;
   scan_sizes const sizes{2, 11, 29, 16, 1};
   scan_case<T> whole(sizes, 7);

@@ -127,7 +127,7 @@ struct mamba_state {
 /// \brief The Mamba-1 mixer: `forward` over sequences and `step` for one token.
 ///
 /// A mixer keeps scratch buffers between calls, so one object must not run two calls at once.
-/// Copies share their weights and scratch buffers (Kokkos views are reference-counted handles).
+/// Copies share their weights (Kokkos views are reference-counted handles) but not the scratch.
 /// \tparam ExecSpace Kokkos execution space; weights, activations and state live in its memory space.
 /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
 /// \tparam Wt weight storage type (same choices; defaults to `T`).
@@ -350,7 +350,14 @@ class mamba_mixer {
     scratch_.tokens = M;
   }
 
+  /// Buffers between the stages. A copy of a mixer starts with none of its own, so that copies
+  /// (a block holds one) never share them.
   struct scratch {
+    scratch() = default;
+    scratch(scratch const&) {}
+    scratch& operator=(scratch const&) { return *this = scratch(); }
+    scratch(scratch&&) = default;
+    scratch& operator=(scratch&&) = default;
     std::size_t tokens = 0;  ///< rows every buffer holds
     tensor2<T> xz;           ///< (M, 2D) in_proj output: u then z
     tensor2<T> xc;           ///< (M, D) conv + SiLU output
@@ -386,7 +393,7 @@ class mamba_block {
   using tensor2 = typename mixer_type::template tensor2<V>;
 
   /// \brief A block from a mixer and the weight (E) of its RMSNorm.
-  /// \param mixer the mixer (a shallow copy: it shares weights and scratch with the original).
+  /// \param mixer the mixer (a copy shares its weights, not its scratch buffers).
   /// \param norm_weight (E) the RMSNorm scale.
   /// \throws ssm::shape_error if `norm_weight` is not (E) with E = `mixer.config().d_model`.
   mamba_block(mixer_type mixer, Kokkos::View<Wt*, Kokkos::LayoutRight, memory_space> norm_weight)
