@@ -19,8 +19,18 @@
 #include <ssm/norm/rms_norm.hpp>
 
 #include <ssm/linear/eigen.hpp>
+#include <ssm/linear/embedding.hpp>
+#include <ssm/linear/host_gemv.hpp>
 #include <ssm/linear/linear.hpp>
 
 #include <ssm/blocks/mamba.hpp>
 
 #include <ssm/io/safetensors.hpp>
+#include <ssm/io/safetensors_writer.hpp>
+
+#include <ssm/model/config.hpp>
+#include <ssm/model/mamba_lm.hpp>
+#include <ssm/model/presets.hpp>
+#include <ssm/model/save.hpp>
+#include <ssm/model/scoring.hpp>
+#include <ssm/model/weights.hpp>

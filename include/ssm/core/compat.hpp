@@ -108,4 +108,19 @@ int concurrency(ExecSpace const& space) {
   return space.concurrency();  // static in 3.4, a member in 4.x: this spelling works for both
 }
 
+/// \brief Initialize Kokkos with a number of host threads (0 keeps Kokkos' default); pair with
+/// `Kokkos::finalize`. Kokkos 3.7 replaced `InitArguments` with `InitializationSettings`.
+/// \param threads threads of the host backend (OpenMP, Threads); ignored by Serial.
+inline void initialize(int threads) {
+#if KOKKOS_VERSION >= 30700
+  Kokkos::InitializationSettings settings;
+  if (threads > 0) settings.set_num_threads(threads);
+  Kokkos::initialize(settings);
+#else
+  Kokkos::InitArguments arguments;
+  if (threads > 0) arguments.num_threads = threads;
+  Kokkos::initialize(arguments);
+#endif
+}
+
 }  // namespace ssm::compat

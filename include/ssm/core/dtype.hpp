@@ -54,17 +54,21 @@ KOKKOS_INLINE_FUNCTION float to_float(bf16 x) {
 /// \param x the binary16 value.
 /// \return the same value as a `float`.
 KOKKOS_INLINE_FUNCTION float to_float(f16 x) {
-  std::uint32_t const sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
-  std::uint32_t const exponent = (x.bits >> 10) & 0x1Fu;
-  std::uint32_t const mantissa = x.bits & 0x3FFu;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
-    float const magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return sign ? -magnitude : magnitude;
-  }
-  if (exponent == 31) {  // infinity or NaN
-    return detail::bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
-  }
-  return detail::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  // Without branches, so that loops of it vectorize: all three cases are computed and the right
+  // one is picked with integer masks.
+  std::uint32_t const h = x.bits;
+  std::uint32_t const sign = (h & 0x8000u) << 16;
+  std::uint32_t const body = (h & 0x7FFFu) << 13;  // exponent and mantissa in binary32 position
+  std::uint32_t const exponent = h & 0x7C00u;
+  std::uint32_t const normal = body + (112u << 23);      // re-bias the exponent from 15 to 127
+  std::uint32_t const special = body + (224u << 23);     // infinity or NaN: exponent 255
+  // zero or subnormal, mantissa * 2^-24: (1 + mantissa / 1024) * 2^-14 - 2^-14, exact in float
+  float const subnormal = detail::bit_cast<float>(body + (113u << 23)) - detail::bit_cast<float>(113u << 23);
+  std::uint32_t const is_special = 0u - static_cast<std::uint32_t>(exponent == 0x7C00u);
+  std::uint32_t const is_subnormal = 0u - static_cast<std::uint32_t>(exponent == 0u);
+  std::uint32_t const magnitude = (is_special & special) | (is_subnormal & detail::bit_cast<std::uint32_t>(subnormal)) |
+                                  (~(is_special | is_subnormal) & normal);
+  return detail::bit_cast<float>(sign | magnitude);
 }
 
 /// \brief Narrow a `float` to a storage type, rounding to nearest even.

@@ -14,6 +14,7 @@
 #include <ssm/core/error.hpp>
 #include <ssm/core/views.hpp>
 #include <ssm/linear/eigen.hpp>
+#include <ssm/linear/host_gemv.hpp>
 
 namespace ssm {
 
@@ -106,8 +107,10 @@ template <class ExecSpace>
 struct linear_backend {
   /// \brief Run \f$y = x W^\top + b\f$ on `space`.
   ///
-  /// On a host space with host-accessible tensors: fences `space`, then runs Eigen synchronously
-  /// on the calling thread. Otherwise asynchronous: returns once the Kokkos kernel is enqueued.
+  /// On a host space with host-accessible tensors: up to `host::few_rows` rows stream the weights
+  /// in parallel on the space (`host::linear_few_rows`, asynchronous); more rows fence `space`, then
+  /// run Eigen's GEMM synchronously on the calling thread. Elsewhere the portable Kokkos kernel
+  /// (asynchronous).
   /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
   /// \tparam Wt weight storage type (same choices).
   /// \tparam MemSpace the memory space of every tensor.
@@ -117,8 +120,12 @@ struct linear_backend {
   static void run(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
     if constexpr (is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace> &&
                   std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>) {
-      space.fence();  // Eigen runs on the calling thread: wait for earlier work on the space
-      eigen::linear(p.x, p.weight, p.bias, p.y);
+      if (p.x.extent(0) <= host::few_rows && p.weight.stride(1) == 1) {
+        host::linear_few_rows(space, p.x, p.weight, p.bias, p.y);  // decoding: stream the weights
+      } else {
+        space.fence();  // Eigen runs on the calling thread: wait for earlier work on the space
+        eigen::linear(p.x, p.weight, p.bias, p.y);
+      }
     } else {
       detail::linear_kokkos(space, p);
     }

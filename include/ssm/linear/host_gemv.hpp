@@ -1,0 +1,73 @@
+#pragma once
+/// \file
+/// \brief The host backend of `ssm::linear` for a few rows (decoding): weight streaming.
+///
+/// With M <= 8 rows of activations, a dense layer is a matrix-vector product bound by the speed
+/// at which the weights stream from memory. Each work item takes a few output features, widens
+/// each weight row once (16-bit weights are widened in registers: no fp32 copy is ever made) and
+/// dots it with every activation row, 16 independent partial sums at a time so that the loop
+/// vectorizes. The items run in parallel on the host execution space's threads.
+
+#include <cstddef>
+#include <string>
+
+#include <Kokkos_Core.hpp>
+
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/views.hpp>
+
+namespace ssm::host {
+
+/// \brief The largest number of activation rows the weight-streaming product takes.
+inline constexpr std::size_t few_rows = 8;
+
+/// \brief Output features per work item.
+inline constexpr int features_per_item = 8;
+
+/// \brief \f$y = x W^\top + b\f$ for M <= `few_rows` rows, streaming each weight row once.
+///
+/// Asynchronous on `space` like the other Kokkos paths (fence before reading `y`).
+/// \tparam ExecSpace a host execution space. \tparam XView, WView, BView, YView strided rank-2
+/// (x, weight, y) and rank-1 (bias) views of the linear layer's storage types.
+/// \param space the execution space instance. \param x (M, K) activations.
+/// \param weight (N, K) weights, contiguous along K. \param bias (N) or empty. \param y (M, N).
+template <class ExecSpace, class XView, class WView, class BView, class YView>
+void linear_few_rows(ExecSpace const& space, XView const& x, WView const& weight, BView const& bias, YView const& y) {
+  using T = typename YView::value_type;
+  using Wt = typename WView::non_const_value_type;
+  int const M = static_cast<int>(x.extent(0)), K = static_cast<int>(x.extent(1)), N = static_cast<int>(weight.extent(0));
+  // the activations, widened once to a contiguous fp32 buffer (M * K values: small)
+  Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> xf(
+      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::linear::few_rows::x")), M, K);
+  Kokkos::parallel_for(
+      "ssm::linear::few_rows::widen", Kokkos::RangePolicy<ExecSpace>(space, 0, M),
+      KOKKOS_LAMBDA(int const m) {
+        for (int k = 0; k < K; ++k) xf(m, k) = to_float(x(m, k));
+      });
+  bool const has_bias = given(bias);
+  std::size_t const row_stride = weight.stride(0);
+  Wt const* const w0 = weight.data();
+  int const items = (N + features_per_item - 1) / features_per_item;
+  Kokkos::parallel_for(
+      "ssm::linear::few_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, items), KOKKOS_LAMBDA(int const item) {
+        int const n_end = (item + 1) * features_per_item < N ? (item + 1) * features_per_item : N;
+        for (int n = item * features_per_item; n < n_end; ++n) {
+          Wt const* const w = w0 + static_cast<std::size_t>(n) * row_stride;
+          for (int m = 0; m < M; ++m) {
+            float const* const xm = &xf(m, 0);
+            constexpr int lanes = 16;
+            float partial[lanes] = {};
+            int k = 0;
+            for (; k + lanes <= K; k += lanes)
+              for (int j = 0; j < lanes; ++j) partial[j] += to_float(w[k + j]) * xm[k + j];
+            float acc = has_bias ? to_float(bias(n)) : 0.0f;
+            for (; k < K; ++k) acc += to_float(w[k]) * xm[k];
+            for (int width = lanes / 2; width > 0; width /= 2)  // pairwise: a tree of sums
+              for (int j = 0; j < width; ++j) partial[j] += partial[j + width];
+            y(m, n) = from_float<T>(acc + partial[0]);
+          }
+        }
+      });
+}
+
+}  // namespace ssm::host

@@ -1,0 +1,166 @@
+#pragma once
+/// \file
+/// \brief Scoring text with a language model: per-token log-probabilities, the log-likelihood of
+/// a continuation, perplexity over long texts, and greedy generation.
+///
+/// Texts are streamed through the recurrent state in chunks, so a text of any length needs only
+/// the memory of one chunk's logits: the scores equal those of one forward pass over the whole
+/// text (Mamba's state carries all the context). This is what evaluation harnesses build on:
+/// BoolQ, PIQA or HellaSwag compare the log-likelihoods of candidate continuations.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+#include <ssm/model/mamba_lm.hpp>
+
+namespace ssm {
+
+/// \brief Teacher-forced scores of one token sequence.
+struct token_scores {
+  std::vector<double> next_token_logprob;  ///< (n-1) log p(ids[i+1] | ids[0..i]), natural log
+  std::vector<std::int32_t> argmax;        ///< (n) the most likely next token at each position
+  double sum_logprob = 0.0;                ///< the sum of next_token_logprob
+};
+
+namespace detail {
+
+/// \brief log-softmax of one row of logits at one index, in double: \f$x_i - \log\sum_j e^{x_j}\f$.
+template <class T>
+double log_softmax_at(T const* row, std::size_t V, std::size_t index) {
+  double max = -INFINITY;
+  for (std::size_t v = 0; v < V; ++v) max = std::max(max, static_cast<double>(to_float(row[v])));
+  double sum = 0.0;
+  for (std::size_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(to_float(row[v])) - max);
+  return static_cast<double>(to_float(row[index])) - max - std::log(sum);
+}
+
+/// \brief The index of the largest logit (the first one on ties).
+template <class T>
+std::int32_t argmax(T const* row, std::size_t V) {
+  std::size_t best = 0;
+  for (std::size_t v = 1; v < V; ++v)
+    if (to_float(row[v]) > to_float(row[best])) best = v;
+  return static_cast<std::int32_t>(best);
+}
+
+}  // namespace detail
+
+/// \brief Teacher-forced scores of one sequence, streamed in chunks through the recurrent state.
+/// \tparam ExecSpace \tparam T \tparam Wt the model's parameters.
+/// \param model the language model. \param ids (n) the tokens, n >= 1.
+/// \param chunk tokens per forward pass (bounds the memory of the logits: chunk * V values).
+/// \param space the execution space instance to run on.
+/// \return log-probabilities of tokens 1..n-1, argmax at every position, and their sum.
+/// \throws ssm::shape_error for an empty sequence or ids outside the vocabulary.
+template <class ExecSpace, class T, class Wt>
+token_scores score_tokens(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_t const> ids,
+                          std::size_t chunk = 512, ExecSpace const& space = ExecSpace()) {
+  detail::require(!ids.empty(), "ssm::score_tokens", "the sequence is empty");
+  detail::require(chunk >= 1, "ssm::score_tokens", "chunk must be at least 1");
+  using memory_space = typename ExecSpace::memory_space;
+  std::size_t const V = model.vocab();
+  auto cache = model.make_cache(1);
+  token_scores scores;
+  Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> d_ids("ssm::score::ids", 1, std::min(chunk, ids.size()));
+  Kokkos::View<T***, Kokkos::LayoutRight, memory_space> logits("ssm::score::logits", 1, d_ids.extent(1), V);
+  for (std::size_t start = 0; start < ids.size(); start += chunk) {
+    std::size_t const L = std::min(chunk, ids.size() - start);
+    auto h_ids = Kokkos::create_mirror_view(d_ids);
+    for (std::size_t l = 0; l < L; ++l) h_ids(0, l) = ids[start + l];
+    Kokkos::deep_copy(d_ids, h_ids);
+    Kokkos::View<T***, Kokkos::LayoutRight, memory_space> logits_l(logits.data(), 1, L, V);
+    Kokkos::View<const std::int32_t**, Kokkos::LayoutRight, memory_space> ids_c(d_ids.data(), 1, L);
+    model.forward(space, ids_c, logits_l, &cache);
+    space.fence();
+    auto const h_logits = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
+    for (std::size_t l = 0; l < L; ++l) {
+      std::size_t const i = start + l;
+      T const* row = h_logits.data() + l * V;
+      scores.argmax.push_back(detail::argmax(row, V));
+      if (i + 1 < ids.size()) {
+        double const lp = detail::log_softmax_at(row, V, static_cast<std::size_t>(ids[i + 1]));
+        scores.next_token_logprob.push_back(lp);
+        scores.sum_logprob += lp;
+      }
+    }
+  }
+  return scores;
+}
+
+/// \brief Log-likelihood of a continuation given a context: \f$\sum_i \log p(c_i \mid
+/// \mathrm{context}, c_{<i})\f$, the quantity multiple-choice evaluations compare.
+/// \param model the language model. \param context (n >= 1) the tokens given.
+/// \param continuation (m >= 1) the tokens scored. \param chunk tokens per forward pass.
+/// \param space the execution space instance to run on.
+/// \return the sum of the continuation's log-probabilities (natural log).
+template <class ExecSpace, class T, class Wt>
+double loglikelihood(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_t const> context,
+                     std::span<std::int32_t const> continuation, std::size_t chunk = 512,
+                     ExecSpace const& space = ExecSpace()) {
+  detail::require(!context.empty() && !continuation.empty(), "ssm::loglikelihood",
+                  "the context and the continuation must each hold at least one token");
+  std::vector<std::int32_t> all(context.begin(), context.end());
+  all.insert(all.end(), continuation.begin(), continuation.end());
+  auto const scores = score_tokens(model, std::span<std::int32_t const>(all), chunk, space);
+  double sum = 0.0;
+  for (std::size_t i = context.size() - 1; i < scores.next_token_logprob.size(); ++i) sum += scores.next_token_logprob[i];
+  return sum;
+}
+
+/// \brief Perplexity \f$\exp(-\frac{1}{n-1}\sum \log p)\f$ of a text of n tokens, streamed.
+/// \param model the language model. \param ids (n >= 2) the tokens.
+/// \param chunk tokens per forward pass. \param space the execution space instance.
+/// \return the perplexity.
+template <class ExecSpace, class T, class Wt>
+double perplexity(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_t const> ids, std::size_t chunk = 512,
+                  ExecSpace const& space = ExecSpace()) {
+  detail::require(ids.size() >= 2, "ssm::perplexity", "the text must hold at least two tokens");
+  auto const scores = score_tokens(model, ids, chunk, space);
+  return std::exp(-scores.sum_logprob / static_cast<double>(scores.next_token_logprob.size()));
+}
+
+/// \brief Greedy generation: prefill the prompt, then `n` tokens of argmax decoding.
+/// \param model the language model. \param prompt (>= 1) the tokens to continue.
+/// \param n the number of tokens to generate.
+/// \param on_token called with each token as it is produced; return false to stop early.
+/// \param space the execution space instance.
+/// \return the generated tokens.
+template <class ExecSpace, class T, class Wt>
+std::vector<std::int32_t> generate_greedy(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_t const> prompt,
+                                          std::size_t n, std::function<bool(std::int32_t)> const& on_token = {},
+                                          ExecSpace const& space = ExecSpace()) {
+  detail::require(!prompt.empty(), "ssm::generate_greedy", "the prompt is empty");
+  using memory_space = typename ExecSpace::memory_space;
+  std::size_t const V = model.vocab();
+  auto cache = model.make_cache(1);
+  Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> d_prompt("ssm::generate::prompt", 1, prompt.size());
+  auto h_prompt = Kokkos::create_mirror_view(d_prompt);
+  for (std::size_t l = 0; l < prompt.size(); ++l) h_prompt(0, l) = prompt[l];
+  Kokkos::deep_copy(d_prompt, h_prompt);
+  Kokkos::View<T***, Kokkos::LayoutRight, memory_space> last("ssm::generate::logits", 1, 1, V);
+  model.forward(space, d_prompt, last, &cache);
+  Kokkos::View<T**, Kokkos::LayoutRight, memory_space> logits(last.data(), 1, V);
+  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory_space> token("ssm::generate::token", 1);
+  auto h_token = Kokkos::create_mirror_view(token);
+  std::vector<std::int32_t> out;
+  while (out.size() < n) {
+    space.fence();
+    auto const h_logits = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
+    std::int32_t const next = detail::argmax(h_logits.data(), V);
+    out.push_back(next);
+    if (on_token && !on_token(next)) break;
+    if (out.size() == n) break;
+    h_token(0) = next;
+    Kokkos::deep_copy(token, h_token);
+    model.step(space, token, logits, cache);
+  }
+  return out;
+}
+
+}  // namespace ssm
