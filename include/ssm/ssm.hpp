@@ -27,8 +27,11 @@
 
 #include <ssm/io/safetensors.hpp>
 #include <ssm/io/safetensors_writer.hpp>
+#include <ssm/io/torch_checkpoint.hpp>
 
+#include <ssm/model/checkpoint.hpp>
 #include <ssm/model/config.hpp>
+#include <ssm/model/config_json.hpp>
 #include <ssm/model/mamba_lm.hpp>
 #include <ssm/model/presets.hpp>
 #include <ssm/model/save.hpp>

@@ -7,13 +7,20 @@
 /// and may hold a `"__metadata__"` object of string values; then the data section, in which tensor
 /// `name` occupies bytes \f$[b, e)\f$, row-major (C order), little-endian.
 ///
-/// `ssm::io::safetensors_file` reads a whole file into memory (meant for tests and small models) and
-/// validates it completely before any tensor is read, as the reference implementation does: every entry
-/// must be well formed, the dtype known, the shape non-negative with a product that fits in 64 bits,
-/// the byte range consistent with shape and dtype, and the tensors must tile the data section exactly
-/// (no overlap, no hole, no trailing bytes). Anything else throws `ssm::io::safetensors_error`, whose
-/// message names the file and the problem; a malformed file never crashes, hangs or makes the reader
-/// allocate much more than the file's size.
+/// `ssm::io::safetensors_file` memory-maps the file (POSIX `mmap`, read-only and private; where
+/// `<sys/mman.h>` is missing it reads the whole file instead), so opening a multi-GB checkpoint
+/// costs neither its size in memory nor the time to read it: the pages of a tensor are read from
+/// disk when the tensor is. It validates the file completely before any tensor is read, as the
+/// reference implementation does: every entry must be well formed, the dtype known, the shape
+/// non-negative with a product that fits in 64 bits, the byte range consistent with shape and dtype,
+/// and the tensors must tile the data section exactly (no overlap, no hole, no trailing bytes).
+/// Anything else throws `ssm::io::safetensors_error`, whose message names the file and the problem;
+/// a malformed file never crashes, hangs or makes the reader allocate much more than the file's size.
+///
+/// As with any memory-mapped file, the file must not be truncated or rewritten in place while a
+/// `safetensors_file` (or a copy of it) is open: the operating system would then signal the process
+/// (SIGBUS) when a vanished page is read. Replacing the file (writing a new one and renaming it over
+/// the old, as tools do) is safe.
 
 #include <algorithm>
 #include <cstddef>
@@ -23,14 +30,30 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if __has_include(<sys/mman.h>)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+/// \brief 1 where `ssm::io::safetensors_file` memory-maps files (POSIX), 0 where it reads them whole.
+#define SSM_SAFETENSORS_MMAP 1
+#else
+/// \brief 1 where `ssm::io::safetensors_file` memory-maps files (POSIX), 0 where it reads them whole.
+#define SSM_SAFETENSORS_MMAP 0
+#endif
 
 #include <nlohmann/json.hpp>
 
@@ -158,9 +181,86 @@ T convert_real(S x) {
   }
 }
 
+/// \brief The bytes of a whole file, read-only: a private memory mapping where POSIX `mmap` exists, a
+/// copy in memory elsewhere. Neither copyable nor movable: share it through a `shared_ptr`.
+class file_bytes {
+ public:
+  file_bytes() = default;
+  file_bytes(file_bytes const&) = delete;
+  file_bytes& operator=(file_bytes const&) = delete;
+  ~file_bytes() {
+#if SSM_SAFETENSORS_MMAP
+    if (mapping_ != nullptr) ::munmap(mapping_, size_);
+#endif
+  }
+
+  /// Map (or read) the regular file at `path`; on failure, call `fail(problem)`, which must throw.
+  template <class Fail>
+  static std::shared_ptr<file_bytes const> open(std::filesystem::path const& path, Fail const& fail) {
+    auto out = std::make_shared<file_bytes>();
+    std::error_code ec;
+    // Checked before opening: opening a FIFO for reading would block.
+    if (!std::filesystem::is_regular_file(path, ec)) fail("does not exist or is not a regular file");
+#if SSM_SAFETENSORS_MMAP
+    int const fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("cannot open the file: " + std::generic_category().message(errno));
+    struct ::stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0) {
+      ::close(fd);
+      fail("does not exist or is not a regular file");
+    }
+    constexpr auto max_size = static_cast<std::uintmax_t>(std::numeric_limits<std::ptrdiff_t>::max());
+    if (static_cast<std::uintmax_t>(st.st_size) > max_size) {
+      ::close(fd);
+      fail("file too large");
+    }
+    out->size_ = static_cast<std::size_t>(st.st_size);
+    if (out->size_ > 0) {  // mmap refuses a length of 0; an empty file has no bytes to map
+      void* const p = ::mmap(nullptr, out->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        int const err = errno;
+        ::close(fd);
+        fail("cannot map the file into memory: " + std::generic_category().message(err));
+      }
+      out->mapping_ = p;
+      out->data_ = static_cast<std::byte const*>(p);
+    }
+    ::close(fd);  // the mapping stays valid without the descriptor
+#else
+    std::uintmax_t const size = std::filesystem::file_size(path, ec);
+    if (ec) fail("cannot get the file size: " + ec.message());
+    if (size > static_cast<std::uintmax_t>(std::numeric_limits<std::ptrdiff_t>::max())) fail("file too large");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("cannot open the file");
+    out->copy_.resize(static_cast<std::size_t>(size));
+    in.read(reinterpret_cast<char*>(out->copy_.data()), static_cast<std::streamsize>(size));
+    if (static_cast<std::uintmax_t>(in.gcount()) != size) fail("cannot read the whole file");
+    out->size_ = out->copy_.size();
+    out->data_ = out->copy_.data();
+#endif
+    return out;
+  }
+
+  /// The first byte (null for an empty file).
+  std::byte const* data() const noexcept { return data_; }
+  /// The number of bytes.
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  std::byte const* data_ = nullptr;
+  std::size_t size_ = 0;
+#if SSM_SAFETENSORS_MMAP
+  void* mapping_ = nullptr;
+#else
+  std::vector<std::byte> copy_;
+#endif
+};
+
 }  // namespace detail
 
-/// \brief A safetensors file, read whole into memory and validated on construction.
+/// \brief A safetensors file, memory-mapped read-only and validated on construction.
+///
+/// Copies are cheap and share the mapping, which lives until the last copy is destroyed.
 ///
 /// Example:
 /// \code
@@ -174,11 +274,11 @@ class safetensors_file {
   /// \brief Deepest JSON nesting accepted in the header (a valid header nests 3 deep).
   static constexpr int max_json_depth = 8;
 
-  /// \brief Read and validate the file at `path`.
+  /// \brief Map and validate the file at `path`.
   /// \param path the file to read
-  /// \throws safetensors_error if the file cannot be read or is malformed in any way
+  /// \throws safetensors_error if the file cannot be opened, mapped or read, or is malformed in any way
   explicit safetensors_file(std::filesystem::path const& path) : path_(path.string()) {
-    read_whole_file(path);
+    file_ = detail::file_bytes::open(path, [this](std::string const& problem) { fail(problem); });
     parse_header();
   }
 
@@ -219,7 +319,7 @@ class safetensors_file {
   /// \returns a view of `info(name).nbytes()` bytes, valid as long as this object lives
   [[nodiscard]] std::span<std::byte const> bytes(std::string const& name) const {
     tensor_info const& t = info(name);
-    return {bytes_.data() + data_start_ + t.begin, static_cast<std::size_t>(t.nbytes())};
+    return {file_->data() + data_start_ + t.begin, static_cast<std::size_t>(t.nbytes())};
   }
 
   /// \brief Read a tensor, converted element by element to `T`, in row-major order.
@@ -251,7 +351,7 @@ class safetensors_file {
            detail::shape_string(expected_shape));
     }
     auto const n = static_cast<std::size_t>(t.numel());
-    std::byte const* const src = bytes_.data() + data_start_ + t.begin;
+    std::byte const* const src = file_->data() + data_start_ + t.begin;
     std::vector<T> out;
     out.reserve(n);  // n * itemsize <= file size was checked on load
     auto const unsupported = [&]() {
@@ -279,32 +379,19 @@ class safetensors_file {
 
  private:
   std::string path_;
-  std::vector<std::byte> bytes_;  // the whole file
+  std::shared_ptr<detail::file_bytes const> file_;  // the whole file, mapped
   std::size_t data_start_ = 0;    // 8 + header length
   std::map<std::string, tensor_info> tensors_;
   std::map<std::string, std::string> metadata_;
 
   [[noreturn]] void fail(std::string const& problem) const { throw safetensors_error(path_, problem); }
 
-  void read_whole_file(std::filesystem::path const& path) {
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec)) fail("does not exist or is not a regular file");
-    std::uintmax_t const size = std::filesystem::file_size(path, ec);
-    if (ec) fail("cannot get the file size: " + ec.message());
-    if (size > static_cast<std::uintmax_t>(std::numeric_limits<std::ptrdiff_t>::max())) fail("file too large");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("cannot open the file");
-    bytes_.resize(static_cast<std::size_t>(size));
-    in.read(reinterpret_cast<char*>(bytes_.data()), static_cast<std::streamsize>(size));
-    if (static_cast<std::uintmax_t>(in.gcount()) != size) fail("cannot read the whole file");
-  }
-
   void parse_header() {
-    std::uint64_t const file_size = bytes_.size();
+    std::uint64_t const file_size = file_->size();
     if (file_size < 8) {
       fail("file is shorter than 8 bytes (" + std::to_string(file_size) + " bytes): no header length");
     }
-    std::uint64_t const header_len = detail::load_le<std::uint64_t>(bytes_.data());
+    std::uint64_t const header_len = detail::load_le<std::uint64_t>(file_->data());
     if (header_len > max_header_bytes) {
       fail("header length " + std::to_string(header_len) + " exceeds the limit of " +
            std::to_string(max_header_bytes) + " bytes");
@@ -316,7 +403,7 @@ class safetensors_file {
     data_start_ = static_cast<std::size_t>(8 + header_len);
     std::uint64_t const data_size = file_size - data_start_;
 
-    auto const* first = reinterpret_cast<char const*>(bytes_.data()) + 8;
+    auto const* first = reinterpret_cast<char const*>(file_->data()) + 8;
     nlohmann::json header;
     // Refuse deep nesting before it is built, and duplicate keys (JSON parsers keep one of them silently).
     std::vector<std::set<std::string>> keys_by_depth(max_json_depth + 2);

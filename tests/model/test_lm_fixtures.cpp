@@ -1,0 +1,128 @@
+// End to end against HuggingFace transformers (scripts/make_lm_fixtures.py): three checkpoints in
+// the shapes users meet — HF safetensors fp32 with tied embeddings; mamba_ssm config.json +
+// pytorch_model.bin in fp16 with non-default d_state, d_conv and dt_rank; sharded bf16
+// safetensors with an untied head. ssm must give per-position log-probabilities within 2e-3
+// nats, identical argmax, and identical greedy continuations of 24 tokens — through the library
+// and through the `ssm` command.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <ssm/model/checkpoint.hpp>
+#include <ssm/model/mamba_lm.hpp>
+#include <ssm/model/scoring.hpp>
+
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace ssm;
+using namespace ssm::test;
+
+namespace {
+
+std::string const fixtures = std::string(SSM_FIXTURE_DIR) + "/lm";
+
+nlohmann::json expected_of(std::string const& name) {
+  std::ifstream in(fixtures + "/" + name + "/expected.json");
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+
+/// The stdout of a command, and its exit status.
+std::pair<std::string, int> run(std::string const& command) {
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buffer[4096];
+  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe.get())) out.append(buffer, n);
+  int const status = pclose(pipe.release());
+  return {out, status};
+}
+
+std::string join(std::vector<std::int32_t> const& ids) {
+  std::string s;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
+template <class Wt>
+void check_model(std::string const& name) {
+  auto const expected = expected_of(name);
+  mamba_lm<space, float, Wt> const model(load_checkpoint<Wt, memory>(fixtures + "/" + name));
+  for (auto const& c : expected.at("cases")) {
+    auto const ids = c.at("ids").get<std::vector<std::int32_t>>();
+    INFO(name << ": case of " << ids.size() << " tokens");
+    auto const s = score_tokens(model, std::span<std::int32_t const>(ids));
+    auto const logprob = c.at("next_token_logprob").get<std::vector<double>>();
+    REQUIRE(s.next_token_logprob.size() == logprob.size());
+    for (std::size_t i = 0; i < logprob.size(); ++i) REQUIRE(std::abs(s.next_token_logprob[i] - logprob[i]) <= 2e-3);
+    REQUIRE(s.argmax == c.at("argmax").get<std::vector<std::int32_t>>());
+  }
+  for (auto const& g : expected.at("greedy")) {
+    auto const prompt = g.at("prompt").get<std::vector<std::int32_t>>();
+    auto const continuation = g.at("continuation").get<std::vector<std::int32_t>>();
+    INFO(name << ": greedy from a prompt of " << prompt.size() << " tokens");
+    REQUIRE(generate_greedy(model, std::span<std::int32_t const>(prompt), continuation.size()) == continuation);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("transformers fixtures: HF safetensors, fp32, tied embeddings", "[lm][transformers]") {
+  check_model<float>("hf_f32_tied");
+}
+
+TEST_CASE("transformers fixtures: mamba_ssm config and pytorch_model.bin, fp16", "[lm][transformers]") {
+  check_model<f16>("mamba_ssm_f16");
+  check_model<float>("mamba_ssm_f16");  // widened on load: the same values
+}
+
+TEST_CASE("transformers fixtures: sharded bf16 safetensors, untied head", "[lm][transformers]") {
+  check_model<bf16>("hf_bf16_sharded");
+}
+
+TEST_CASE("the ssm command scores and generates as transformers does", "[lm][cli][transformers]") {
+  for (std::string const name : {"hf_f32_tied", "mamba_ssm_f16", "hf_bf16_sharded"}) {
+    auto const expected = expected_of(name);
+    std::string const model = fixtures + "/" + name;
+    auto const& c = expected.at("cases").back();
+    auto const ids = c.at("ids").get<std::vector<std::int32_t>>();
+    auto const [score_out, score_status] = run(std::string(SSM_CLI) + " score -m " + model + " --ids " + join(ids) + " --json");
+    INFO(name << ": " << score_out);
+    REQUIRE(score_status == 0);
+    auto const j = nlohmann::json::parse(score_out);
+    auto const logprob = c.at("next_token_logprob").get<std::vector<double>>();
+    auto const got = j.at("next_token_logprob").get<std::vector<double>>();
+    REQUIRE(got.size() == logprob.size());
+    for (std::size_t i = 0; i < got.size(); ++i) REQUIRE(std::abs(got[i] - logprob[i]) <= 2e-3);
+    REQUIRE(j.at("argmax") == c.at("argmax"));
+
+    auto const& g = expected.at("greedy").back();
+    auto const prompt = g.at("prompt").get<std::vector<std::int32_t>>();
+    auto const [gen_out, gen_status] =
+        run(std::string(SSM_CLI) + " generate -m " + model + " --ids " + join(prompt) + " -n 24 --temp 0 --json 2>/dev/null");
+    REQUIRE(gen_status == 0);
+    REQUIRE(nlohmann::json::parse(gen_out).at("ids") == g.at("continuation"));
+  }
+}
+
+TEST_CASE("the ssm command refuses bad input with one clear line and a non-zero exit", "[cli][errors]") {
+  auto const [out1, status1] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/does-not-exist --ids 1,2 2>&1");
+  REQUIRE(status1 != 0);
+  REQUIRE(out1.find("does-not-exist") != std::string::npos);
+  auto const [out2, status2] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/hf_f32_tied --ids 1,x 2>&1");
+  REQUIRE(status2 != 0);
+  REQUIRE(out2.find("'x' is not a token id") != std::string::npos);
+  auto const [out3, status3] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/hf_f32_tied --ids 1,100000 2>&1");
+  REQUIRE(status3 != 0);
+  REQUIRE(out3.find("outside the vocabulary") != std::string::npos);
+}

@@ -1,0 +1,418 @@
+// The `ssm` command: run, score, benchmark, inspect and convert Mamba checkpoints on the CPU.
+//
+//   ssm score      -m DIR (--ids 1,2,3 | -f FILE) [--json]
+//   ssm perplexity -m DIR -f FILE
+//   ssm generate   -m DIR --ids 1,2,3 -n N --temp 0 [--json]
+//   ssm bench      (-m DIR | --preset NAME) [-p 512] [-n 128] [-b 1,8] [-t THREADS] [-o md|json]
+//   ssm make-model --preset tiny|130m|370m|790m|1.4b|2.8b --dtype f32|f16|bf16 -o DIR
+//   ssm info       -m DIR
+//   ssm convert    -m DIR -o DIR          (pytorch_model.bin -> model.safetensors)
+//
+// Token ids for now (the tokenizer arrives with text generation). Every error is one line naming
+// the file and the problem, and a non-zero exit.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <ssm/ssm.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using space = Kokkos::DefaultExecutionSpace;
+using memory = space::memory_space;
+using clock_type = std::chrono::steady_clock;
+
+double ms_since(clock_type::time_point start) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+}
+
+/// "1,2,3" or whitespace-separated ids, from the command line or a file.
+std::vector<std::int32_t> parse_ids(std::string const& text, std::string const& source) {
+  std::vector<std::int32_t> ids;
+  std::string token;
+  std::istringstream in(text);
+  auto flush = [&] {
+    if (token.empty()) return;
+    std::size_t used = 0;
+    long long value = 0;
+    try {
+      value = std::stoll(token, &used);
+    } catch (std::exception const&) {
+      used = 0;
+    }
+    if (used != token.size() || value < 0 || value > INT32_MAX)
+      throw ssm::error(source + ": '" + token + "' is not a token id");
+    ids.push_back(static_cast<std::int32_t>(value));
+    token.clear();
+  };
+  for (char ch; in.get(ch);) {
+    if (ch == ',' || std::isspace(static_cast<unsigned char>(ch))) flush();
+    else token += ch;
+  }
+  flush();
+  if (ids.empty()) throw ssm::error(source + ": no token ids");
+  return ids;
+}
+
+std::vector<std::int32_t> read_ids(std::string const& ids_text, std::string const& file) {
+  if (!ids_text.empty()) return parse_ids(ids_text, "--ids");
+  std::ifstream in(file);
+  if (!in) throw ssm::error("'" + file + "': cannot open the file");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_ids(text.str(), "'" + file + "'");
+}
+
+/// A progress bar on stderr, only when stderr is a terminal.
+std::function<void(std::size_t, std::size_t)> progress_bar(std::string const& what) {
+  if (!isatty(STDERR_FILENO)) return {};
+  return [what, last = -1](std::size_t done, std::size_t total) mutable {
+    int const percent = total ? static_cast<int>(100.0 * static_cast<double>(done) / static_cast<double>(total)) : 100;
+    if (percent == last) return;
+    last = percent;
+    int const filled = percent / 4;
+    std::fprintf(stderr, "\r%s [%s%s] %3d%%", what.c_str(), std::string(filled, '#').c_str(),
+                 std::string(25 - filled, ' ').c_str(), percent);
+    if (percent >= 100) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  };
+}
+
+template <class Wt>
+ssm::mamba_lm<space, float, Wt> load_model(std::string const& dir) {
+  auto weights = ssm::load_checkpoint<Wt, memory>(dir, progress_bar("loading " + dir));
+  return ssm::mamba_lm<space, float, Wt>(std::move(weights));
+}
+
+/// Run `body` with the model's weights in the storage type the user picked.
+template <class Body>
+int with_dtype(std::string const& dtype, Body&& body) {
+  if (dtype == "f32") return body(float{});
+  if (dtype == "f16") return body(ssm::f16{});
+  if (dtype == "bf16") return body(ssm::bf16{});
+  throw ssm::error("unknown dtype '" + dtype + "' (f32, f16, bf16)");
+}
+
+void print_json_array(std::ostream& out, auto const& values) {
+  out << '[';
+  for (std::size_t i = 0; i < values.size(); ++i) out << (i ? "," : "") << values[i];
+  out << ']';
+}
+
+int cmd_score(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& ids, bool json) {
+  return with_dtype(dtype, [&](auto wt) {
+    auto const model = load_model<decltype(wt)>(dir);
+    auto const s = ssm::score_tokens(model, std::span<std::int32_t const>(ids));
+    if (json) {
+      nlohmann::json j;
+      j["next_token_logprob"] = s.next_token_logprob;
+      j["argmax"] = s.argmax;
+      j["sum_logprob"] = s.sum_logprob;
+      std::cout << j.dump() << "\n";
+    } else {
+      std::printf("%8s %8s %12s %8s\n", "position", "token", "logprob", "argmax");
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        std::printf("%8zu %8d %12.5f %8d\n", i, ids[i], i ? s.next_token_logprob[i - 1] : 0.0, s.argmax[i]);
+      std::printf("sum of log-probabilities: %.6f over %zu predicted tokens\n", s.sum_logprob, ids.size() - 1);
+    }
+    return 0;
+  });
+}
+
+int cmd_perplexity(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& ids, std::size_t chunk) {
+  return with_dtype(dtype, [&](auto wt) {
+    auto const model = load_model<decltype(wt)>(dir);
+    auto const start = clock_type::now();
+    auto const s = ssm::score_tokens(model, std::span<std::int32_t const>(ids), chunk);
+    double const elapsed = ms_since(start);
+    double const nll = -s.sum_logprob / static_cast<double>(s.next_token_logprob.size());
+    std::printf("perplexity %.4f (mean negative log-likelihood %.5f nats over %zu tokens)\n", std::exp(nll), nll,
+                s.next_token_logprob.size());
+    std::fprintf(stderr, "scored %zu tokens in %.1f ms (%.1f tokens/s)\n", ids.size(), elapsed,
+                 1000.0 * static_cast<double>(ids.size()) / elapsed);
+    return 0;
+  });
+}
+
+int cmd_generate(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& prompt, std::size_t n,
+                 double temperature, bool json) {
+  if (temperature != 0.0) throw ssm::error("--temp: only greedy decoding (--temp 0) is available so far");
+  return with_dtype(dtype, [&](auto wt) {
+    auto const model = load_model<decltype(wt)>(dir);
+    auto const start = clock_type::now();
+    clock_type::time_point first_token;
+    std::size_t produced = 0;
+    auto const out = ssm::generate_greedy(model, std::span<std::int32_t const>(prompt), n, [&](std::int32_t id) {
+      if (produced++ == 0) first_token = clock_type::now();
+      if (!json) std::printf("%d\n", id), std::fflush(stdout);
+      return true;
+    });
+    double const prompt_ms = std::chrono::duration<double, std::milli>(first_token - start).count();
+    double const eval_ms = ms_since(first_token);
+    if (json) {
+      nlohmann::json j;
+      j["ids"] = out;
+      std::cout << j.dump() << "\n";
+    }
+    std::fprintf(stderr, "prompt eval time = %10.2f ms / %5zu tokens (%8.2f ms per token, %8.2f tokens per second)\n",
+                 prompt_ms, prompt.size(), prompt_ms / static_cast<double>(prompt.size()),
+                 1000.0 * static_cast<double>(prompt.size()) / prompt_ms);
+    if (out.size() > 1)
+      std::fprintf(stderr, "       eval time = %10.2f ms / %5zu runs   (%8.2f ms per token, %8.2f tokens per second)\n",
+                   eval_ms, out.size() - 1, eval_ms / static_cast<double>(out.size() - 1),
+                   1000.0 * static_cast<double>(out.size() - 1) / eval_ms);
+    return 0;
+  });
+}
+
+int cmd_info(std::string const& dir) {
+  auto const c = ssm::load_model_config(fs::path(dir) / "config.json");
+  auto const mixer_params = static_cast<std::int64_t>(2) * c.d_inner * c.d_model + static_cast<std::int64_t>(c.d_inner) * c.d_conv +
+                            (c.conv_bias ? c.d_inner : 0) + static_cast<std::int64_t>(c.dt_rank + 2 * c.d_state) * c.d_inner +
+                            static_cast<std::int64_t>(c.d_inner) * c.dt_rank + c.d_inner +
+                            static_cast<std::int64_t>(c.d_inner) * c.d_state + c.d_inner +
+                            static_cast<std::int64_t>(c.d_model) * c.d_inner + c.d_model;
+  std::int64_t const embedding = static_cast<std::int64_t>(c.padded_vocab_size) * c.d_model;
+  std::int64_t const total = embedding * (c.tie_embeddings ? 1 : 2) + c.n_layer * mixer_params + c.d_model;
+  std::printf("model:       %s (%s convention)\n", dir.c_str(), c.convention.c_str());
+  std::printf("layers:      %d, d_model %d, d_inner %d, d_state %d, d_conv %d, dt_rank %d\n", c.n_layer, c.d_model,
+              c.d_inner, c.d_state, c.d_conv, c.dt_rank);
+  std::printf("vocabulary:  %d (padded to %d), embeddings %s\n", c.vocab_size, c.padded_vocab_size,
+              c.tie_embeddings ? "tied" : "untied");
+  std::printf("parameters:  %lld (%.3f M)\n", static_cast<long long>(total), static_cast<double>(total) / 1e6);
+  std::printf("memory:      %.1f MB in f32, %.1f MB in f16/bf16 (+ %.3f MB of decoding state per sequence)\n",
+              4e-6 * static_cast<double>(total), 2e-6 * static_cast<double>(total),
+              1e-6 * 4.0 * c.n_layer * c.d_inner * (c.d_state + c.d_conv - 1));
+  auto describe = [](char const* file, auto const& source) {
+    std::map<std::string, int> dtypes;
+    for (auto const& t : source.names()) ++dtypes[source.info(t).dtype];
+    std::printf("weights:     %s", file);
+    for (auto const& [d, count] : dtypes) std::printf(", %d tensors %s", count, d.c_str());
+    std::printf("\n");
+  };
+  fs::path const root(dir);
+  if (fs::exists(root / "model.safetensors")) describe("model.safetensors", ssm::io::safetensors_file(root / "model.safetensors"));
+  else if (fs::exists(root / "model.safetensors.index.json"))
+    describe("model.safetensors.index.json", ssm::io::safetensors_shards(root / "model.safetensors.index.json"));
+  else if (fs::exists(root / "pytorch_model.bin")) describe("pytorch_model.bin", ssm::io::torch_checkpoint(root / "pytorch_model.bin"));
+  else std::printf("weights:     none found (model.safetensors, model.safetensors.index.json or pytorch_model.bin)\n");
+  return 0;
+}
+
+int cmd_make_model(std::string const& preset, std::string const& dtype, std::string const& out, std::uint64_t seed) {
+  auto const config = ssm::preset_config(preset);
+  return with_dtype(dtype, [&](auto wt) {
+    using Wt = decltype(wt);
+    auto const weights = ssm::random_lm_weights<Wt>(config, seed);
+    ssm::save_checkpoint(weights, out);
+    std::printf("wrote a random %s model (%s weights) to %s\n", preset.c_str(), dtype.c_str(), out.c_str());
+    return 0;
+  });
+}
+
+int cmd_convert(std::string const& dir, std::string const& out) {
+  fs::path const source = fs::path(dir) / "pytorch_model.bin";
+  ssm::io::torch_checkpoint const in(source);
+  ssm::io::safetensors_writer writer;
+  writer.metadata("format", "pt");
+  auto const names = in.names();
+  auto progress = progress_bar("converting " + source.string());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    auto const& name = names[i];
+    if (name == "lm_head.weight" && in.contains("backbone.embedding.weight") &&
+        in.shares_storage("lm_head.weight", "backbone.embedding.weight"))
+      continue;  // tied: safetensors stores shared tensors once
+    auto const info = in.info(name);
+    auto add = [&](auto tag) {
+      using T = decltype(tag);
+      auto const values = in.template read_as<T>(name);
+      writer.add<T>(name, info.shape, std::span<T const>(values));
+    };
+    if (info.dtype == "F32") add(float{});
+    else if (info.dtype == "F16") add(ssm::f16{});
+    else if (info.dtype == "BF16") add(ssm::bf16{});
+    else if (info.dtype == "I64") add(std::int64_t{});
+    else if (info.dtype == "I32") add(std::int32_t{});
+    else throw ssm::error("'" + source.string() + "': tensor '" + name + "' has dtype " + info.dtype + ", which convert does not write");
+    if (progress) progress(i + 1, names.size());
+  }
+  fs::create_directories(out);
+  writer.write(fs::path(out) / "model.safetensors");
+  fs::copy_file(fs::path(dir) / "config.json", fs::path(out) / "config.json", fs::copy_options::overwrite_existing);
+  std::printf("wrote %s with %zu tensors\n", (fs::path(out) / "model.safetensors").string().c_str(), names.size());
+  return 0;
+}
+
+struct bench_row {
+  std::string test;
+  std::size_t batch, tokens;
+  double ms, tokens_per_second;
+};
+
+template <class Wt>
+std::vector<bench_row> run_bench(ssm::mamba_lm<space, float, Wt> const& model, std::size_t prompt, std::size_t n,
+                                 std::vector<std::size_t> const& batches) {
+  std::vector<bench_row> rows;
+  std::size_t const V = model.vocab();
+  for (std::size_t B : batches) {
+    Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory> ids("ids", B, prompt);
+    auto h_ids = Kokkos::create_mirror_view(ids);
+    for (std::size_t i = 0; i < h_ids.span(); ++i) h_ids.data()[i] = static_cast<std::int32_t>((i * 7919) % model.config().vocab_size);
+    Kokkos::deep_copy(ids, h_ids);
+    Kokkos::View<float***, Kokkos::LayoutRight, memory> last("last", B, 1, V);
+    if (prompt > 0) {
+      auto cache = model.make_cache(static_cast<int>(B));
+      model.forward(space(), ids, last, &cache);  // warm-up
+      space().fence();
+      auto const start = clock_type::now();
+      cache = model.make_cache(static_cast<int>(B));
+      model.forward(space(), ids, last, &cache);
+      space().fence();
+      double const ms = ms_since(start);
+      rows.push_back({"pp" + std::to_string(prompt), B, prompt, ms, 1000.0 * static_cast<double>(B * prompt) / ms});
+    }
+    if (n > 0) {
+      auto cache = model.make_cache(static_cast<int>(B));
+      Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory> token("token", B);
+      Kokkos::View<float**, Kokkos::LayoutRight, memory> logits("logits", B, V);
+      model.step(space(), token, logits, cache);  // warm-up
+      space().fence();
+      auto const start = clock_type::now();
+      for (std::size_t i = 0; i < n; ++i) model.step(space(), token, logits, cache);
+      space().fence();
+      double const ms = ms_since(start);
+      rows.push_back({"tg" + std::to_string(n), B, n, ms, 1000.0 * static_cast<double>(B * n) / ms});
+    }
+  }
+  return rows;
+}
+
+int cmd_bench(std::string const& dir, std::string const& preset, std::string const& dtype, std::size_t prompt,
+              std::size_t n, std::string const& batches_text, std::string const& format) {
+  std::vector<std::size_t> batches;
+  for (auto id : parse_ids(batches_text, "-b")) batches.push_back(static_cast<std::size_t>(std::max(1, id)));
+  return with_dtype(dtype, [&](auto wt) {
+    using Wt = decltype(wt);
+    auto const model = dir.empty() ? ssm::mamba_lm<space, float, Wt>([&] {
+      auto host = ssm::random_lm_weights<Wt>(ssm::preset_config(preset), 1);
+      return host;  // host memory is the default space's memory on CPU builds
+    }())
+                                   : load_model<Wt>(dir);
+    auto const rows = run_bench(model, prompt, n, batches);
+    std::string const name = dir.empty() ? preset : dir;
+    int const threads = ssm::compat::concurrency(space());
+    if (format == "json") {
+      nlohmann::json j = nlohmann::json::array();
+      for (auto const& r : rows)
+        j.push_back({{"model", name}, {"dtype", dtype}, {"backend", space::name()}, {"threads", threads}, {"test", r.test},
+                     {"batch", r.batch}, {"ms", r.ms}, {"tokens_per_second", r.tokens_per_second}});
+      std::cout << j.dump(2) << "\n";
+    } else {
+      std::printf("| model | dtype | backend | threads | test | batch | t/s |\n|---|---|---|---:|---|---:|---:|\n");
+      for (auto const& r : rows)
+        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f |\n", name.c_str(), dtype.c_str(), space::name(), threads,
+                    r.test.c_str(), r.batch, r.tokens_per_second);
+    }
+    return 0;
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ssm: run, score and benchmark Mamba language models"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("-t,--threads", threads, "host threads (OpenMP builds; 0: the default)");
+
+  std::string dir, dtype = "f32", ids_text, file, out, preset, batches = "1", format = "md";
+  bool json = false;
+  std::size_t n = 16, prompt = 512, chunk = 512;
+  double temperature = 0.0;
+  std::uint64_t seed = 1;
+
+  auto* score = app.add_subcommand("score", "teacher-forced log-probabilities of a token sequence");
+  score->add_option("-m,--model", dir, "checkpoint directory")->required();
+  auto* score_ids = score->add_option("--ids", ids_text, "token ids, e.g. 1,2,3");
+  score->add_option("-f,--file", file, "a file of token ids")->excludes(score_ids);
+  score->add_flag("--json", json, "print one JSON object");
+  score->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
+
+  auto* ppl = app.add_subcommand("perplexity", "perplexity of a long text, streamed through the state");
+  ppl->add_option("-m,--model", dir, "checkpoint directory")->required();
+  ppl->add_option("-f,--file", file, "a file of token ids")->required();
+  ppl->add_option("--chunk", chunk, "tokens per forward pass");
+  ppl->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
+
+  auto* gen = app.add_subcommand("generate", "continue a prompt of token ids");
+  gen->add_option("-m,--model", dir, "checkpoint directory")->required();
+  gen->add_option("--ids", ids_text, "prompt token ids, e.g. 1,2,3")->required();
+  gen->add_option("-n", n, "tokens to generate");
+  gen->add_option("--temp", temperature, "temperature (0: greedy)");
+  gen->add_flag("--json", json, "print {\"ids\": [...]}");
+  gen->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
+
+  auto* bench = app.add_subcommand("bench", "prefill and decode tokens per second, like llama-bench");
+  auto* bench_model = bench->add_option("-m,--model", dir, "checkpoint directory");
+  bench->add_option("--preset", preset, "random weights of a shape: tiny, 130m, 370m, 790m, 1.4b, 2.8b")->excludes(bench_model);
+  bench->add_option("-p", prompt, "prompt tokens (0: no prefill test)");
+  bench->add_option("-n", n, "generated tokens (0: no decode test)");
+  bench->add_option("-b", batches, "batch sizes, e.g. 1,8");
+  bench->add_option("-o", format, "md or json")->check(CLI::IsMember({"md", "json"}));
+  bench->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
+
+  auto* make = app.add_subcommand("make-model", "write a random-weight checkpoint of a published shape");
+  make->add_option("--preset", preset, "tiny, 130m, 370m, 790m, 1.4b or 2.8b")->required();
+  make->add_option("--dtype", dtype, "f32, f16 or bf16");
+  make->add_option("-o,--output", out, "directory to write")->required();
+  make->add_option("--seed", seed, "random seed");
+
+  auto* info = app.add_subcommand("info", "configuration, parameter count, dtypes and memory of a checkpoint");
+  info->add_option("-m,--model", dir, "checkpoint directory")->required();
+
+  auto* convert = app.add_subcommand("convert", "write model.safetensors from a pytorch_model.bin");
+  convert->add_option("-m,--model", dir, "checkpoint directory holding pytorch_model.bin")->required();
+  convert->add_option("-o,--output", out, "directory to write")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  ssm::compat::initialize(threads);
+  int code = 1;
+  try {
+    if (score->parsed()) {
+      if (ids_text.empty() && file.empty()) throw ssm::error("score: give --ids or -f");
+      code = cmd_score(dir, dtype, read_ids(ids_text, file), json);
+    } else if (ppl->parsed()) {
+      code = cmd_perplexity(dir, dtype, read_ids("", file), chunk);
+    } else if (gen->parsed()) {
+      code = cmd_generate(dir, dtype, read_ids(ids_text, ""), n, temperature, json);
+    } else if (bench->parsed()) {
+      if (dir.empty() && preset.empty()) throw ssm::error("bench: give -m DIR or --preset NAME");
+      code = cmd_bench(dir, preset, dtype, prompt, n, batches, format);
+    } else if (make->parsed()) {
+      code = cmd_make_model(preset, dtype, out, seed);
+    } else if (info->parsed()) {
+      code = cmd_info(dir);
+    } else if (convert->parsed()) {
+      code = cmd_convert(dir, out);
+    }
+  } catch (std::exception const& e) {
+    std::fprintf(stderr, "ssm: error: %s\n", e.what());
+    code = 1;
+  }
+  Kokkos::finalize();
+  return code;
+}
