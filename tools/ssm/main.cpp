@@ -257,6 +257,34 @@ int cmd_convert(std::string const& dir, std::string const& out) {
   return 0;
 }
 
+/// STREAM triad a = b + s c over three arrays of 64 MB in the model's memory space: the memory
+/// bandwidth a decode step can hope for, measured in the same run (median of 5, bytes of 3 arrays).
+double triad_gigabytes_per_second() {
+  std::size_t const n = std::size_t{1} << 24;
+  Kokkos::View<float*, memory> a("triad::a", n), b("triad::b", n), c("triad::c", n);
+  Kokkos::deep_copy(b, 1.0f);
+  Kokkos::deep_copy(c, 2.0f);
+  std::vector<double> seconds;
+  for (int repeat = 0; repeat < 6; ++repeat) {
+    auto const start = clock_type::now();
+    Kokkos::parallel_for("ssm::bench::triad", Kokkos::RangePolicy<space>(0, n),
+                         KOKKOS_LAMBDA(std::size_t const i) { a(i) = b(i) + 3.0f * c(i); });
+    space().fence();
+    if (repeat > 0) seconds.push_back(ms_since(start) / 1000.0);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 3.0 * 4.0 * static_cast<double>(n) / seconds[seconds.size() / 2] / 1e9;
+}
+
+/// Bytes of weights one decoding step reads: every layer, the final norm and the head.
+template <class Wt>
+double decode_weight_bytes(ssm::model_config const& c) {
+  double const D = c.d_inner, E = c.d_model, N = c.d_state, R = c.dt_rank, W = c.d_conv;
+  double const stored = 2 * D * E + D * W + (c.conv_bias ? D : 0) + (R + 2 * N) * D + D * R + E * D + E;  // in Wt
+  double const fp32 = D * N + 2 * D;  // A, D, dt_proj.bias
+  return c.n_layer * (stored * sizeof(Wt) + fp32 * 4) + (E + static_cast<double>(c.padded_vocab_size) * E) * sizeof(Wt);
+}
+
 struct bench_row {
   std::string test;
   std::size_t batch, tokens;
@@ -315,17 +343,35 @@ int cmd_bench(std::string const& dir, std::string const& preset, std::string con
     auto const rows = run_bench(model, prompt, n, batches);
     std::string const name = dir.empty() ? preset : dir;
     int const threads = ssm::compat::concurrency(space());
+    double const triad = triad_gigabytes_per_second();
+    double const bytes = decode_weight_bytes<Wt>(model.config());
+    double const limit = triad * 1e9 / bytes;  // decode tokens/s at batch 1 if weights streamed at triad speed
     if (format == "json") {
-      nlohmann::json j = nlohmann::json::array();
-      for (auto const& r : rows)
-        j.push_back({{"model", name}, {"dtype", dtype}, {"backend", space::name()}, {"threads", threads}, {"test", r.test},
-                     {"batch", r.batch}, {"ms", r.ms}, {"tokens_per_second", r.tokens_per_second}});
+      nlohmann::json j = {{"model", name}, {"dtype", dtype}, {"backend", space::name()}, {"threads", threads},
+                          {"triad_GBps", triad}, {"decode_weight_bytes", bytes}, {"results", nlohmann::json::array()}};
+      for (auto const& r : rows) {
+        nlohmann::json row = {{"test", r.test}, {"batch", r.batch}, {"ms", r.ms}, {"tokens_per_second", r.tokens_per_second}};
+        if (r.test[0] == 't') {
+          row["weights_GBps"] = bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9;
+          row["fraction_of_triad"] = r.tokens_per_second / static_cast<double>(r.batch) / limit;
+        }
+        j["results"].push_back(row);
+      }
       std::cout << j.dump(2) << "\n";
     } else {
-      std::printf("| model | dtype | backend | threads | test | batch | t/s |\n|---|---|---|---:|---|---:|---:|\n");
-      for (auto const& r : rows)
-        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f |\n", name.c_str(), dtype.c_str(), space::name(), threads,
+      std::printf("STREAM triad %.1f GB/s; a decode step reads %.1f MB of weights: limit %.2f tokens/s per sequence\n\n",
+                  triad, bytes / 1e6, limit);
+      std::printf("| model | dtype | backend | threads | test | batch | t/s | weights read | of the limit |\n");
+      std::printf("|---|---|---|---:|---|---:|---:|---:|---:|\n");
+      for (auto const& r : rows) {
+        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f |", name.c_str(), dtype.c_str(), space::name(), threads,
                     r.test.c_str(), r.batch, r.tokens_per_second);
+        if (r.test[0] == 't')
+          std::printf(" %.1f GB/s | %.0f%% |\n", bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9,
+                      100.0 * r.tokens_per_second / static_cast<double>(r.batch) / limit);
+        else
+          std::printf(" | |\n");
+      }
     }
     return 0;
   });
