@@ -383,7 +383,6 @@ int main(int argc, char** argv) {
   CLI::App app{"ssm: run, score and benchmark Mamba language models"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("-t,--threads", threads, "host threads (OpenMP builds; 0: the default)");
 
   std::string dir, dtype = "f32", ids_text, file, out, preset, batches = "1", format = "md";
   bool json = false;
@@ -433,6 +432,9 @@ int main(int argc, char** argv) {
   auto* convert = app.add_subcommand("convert", "write model.safetensors from a pytorch_model.bin");
   convert->add_option("-m,--model", dir, "checkpoint directory holding pytorch_model.bin")->required();
   convert->add_option("-o,--output", out, "directory to write")->required();
+
+  for (auto* command : {score, ppl, gen, bench, make, info, convert})
+    command->add_option("-t,--threads", threads, "host threads (OpenMP builds; 0: Kokkos' default)");
 
   CLI11_PARSE(app, argc, argv);
   ssm::compat::initialize(threads);
