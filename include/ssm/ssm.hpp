@@ -32,8 +32,10 @@
 #include <ssm/model/checkpoint.hpp>
 #include <ssm/model/config.hpp>
 #include <ssm/model/config_json.hpp>
+#include <ssm/model/generate.hpp>
 #include <ssm/model/mamba_lm.hpp>
 #include <ssm/model/presets.hpp>
+#include <ssm/model/sampling.hpp>
 #include <ssm/model/save.hpp>
 #include <ssm/model/scoring.hpp>
 #include <ssm/model/weights.hpp>

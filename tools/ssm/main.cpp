@@ -2,7 +2,7 @@
 //
 //   ssm score      -m DIR (--ids 1,2,3 | -f FILE) [--json]
 //   ssm perplexity -m DIR -f FILE
-//   ssm generate   -m DIR --ids 1,2,3 -n N --temp 0 [--json]
+//   ssm generate   -m DIR --ids 1,2,3 -n N [--temp T --top-k K --top-p P --min-p P --repeat-penalty R --seed S] [--json]
 //   ssm bench      (-m DIR | --preset NAME) [-p 512] [-n 128] [-b 1,8] [-t THREADS] [-o md|json]
 //   ssm make-model --preset tiny|130m|370m|790m|1.4b|2.8b --dtype f32|f16|bf16 -o DIR
 //   ssm info       -m DIR
@@ -148,19 +148,18 @@ int cmd_perplexity(std::string const& dir, std::string const& dtype, std::vector
   });
 }
 
-int cmd_generate(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& prompt, std::size_t n,
-                 double temperature, bool json) {
-  if (temperature != 0.0) throw ssm::error("--temp: only greedy decoding (--temp 0) is available so far");
+int cmd_generate(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& prompt,
+                 ssm::generation_options const& options, bool json) {
   return with_dtype(dtype, [&](auto wt) {
     auto const model = load_model<decltype(wt)>(dir);
     auto const start = clock_type::now();
     clock_type::time_point first_token;
     std::size_t produced = 0;
-    auto const out = ssm::generate_greedy(model, std::span<std::int32_t const>(prompt), n, [&](std::int32_t id) {
+    auto const out = ssm::generate(model, {prompt}, options, [&](std::size_t, std::int32_t id) {
       if (produced++ == 0) first_token = clock_type::now();
       if (!json) std::printf("%d\n", id), std::fflush(stdout);
       return true;
-    });
+    }).front();
     double const prompt_ms = std::chrono::duration<double, std::milli>(first_token - start).count();
     double const eval_ms = ms_since(first_token);
     if (json) {
@@ -387,8 +386,8 @@ int main(int argc, char** argv) {
   std::string dir, dtype = "f32", ids_text, file, out, preset, batches = "1", format = "md";
   bool json = false;
   std::size_t n = 16, prompt = 512, chunk = 512;
-  double temperature = 0.0;
   std::uint64_t seed = 1;
+  ssm::generation_options generation;
 
   auto* score = app.add_subcommand("score", "teacher-forced log-probabilities of a token sequence");
   score->add_option("-m,--model", dir, "checkpoint directory")->required();
@@ -406,8 +405,14 @@ int main(int argc, char** argv) {
   auto* gen = app.add_subcommand("generate", "continue a prompt of token ids");
   gen->add_option("-m,--model", dir, "checkpoint directory")->required();
   gen->add_option("--ids", ids_text, "prompt token ids, e.g. 1,2,3")->required();
-  gen->add_option("-n", n, "tokens to generate");
-  gen->add_option("--temp", temperature, "temperature (0: greedy)");
+  gen->add_option("-n", generation.max_tokens, "tokens to generate");
+  gen->add_option("--temp", generation.sampling.temperature, "temperature (0: greedy)");
+  gen->add_option("--top-k", generation.sampling.top_k, "keep the k most likely tokens (0: all)");
+  gen->add_option("--top-p", generation.sampling.top_p, "keep the smallest set of tokens reaching this probability");
+  gen->add_option("--min-p", generation.sampling.min_p, "keep tokens at least this fraction as likely as the best");
+  gen->add_option("--repeat-penalty", generation.sampling.repeat_penalty, "penalty of recently seen tokens (1: off)");
+  gen->add_option("--repeat-last-n", generation.sampling.repeat_last_n, "how many past tokens the penalty sees");
+  gen->add_option("--seed", generation.sampling.seed, "random seed");
   gen->add_flag("--json", json, "print {\"ids\": [...]}");
   gen->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
 
@@ -446,7 +451,7 @@ int main(int argc, char** argv) {
     } else if (ppl->parsed()) {
       code = cmd_perplexity(dir, dtype, read_ids("", file), chunk);
     } else if (gen->parsed()) {
-      code = cmd_generate(dir, dtype, read_ids(ids_text, ""), n, temperature, json);
+      code = cmd_generate(dir, dtype, read_ids(ids_text, ""), generation, json);
     } else if (bench->parsed()) {
       if (dir.empty() && preset.empty()) throw ssm::error("bench: give -m DIR or --preset NAME");
       code = cmd_bench(dir, preset, dtype, prompt, n, batches, format);
