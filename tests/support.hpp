@@ -4,13 +4,17 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <sstream>
 #include <string>
+#include <system_error>
+#include <vector>
 
 #include <Kokkos_Core.hpp>
 
 #include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
 
 #include "catch.hpp"
 
@@ -87,6 +91,37 @@ double max_abs(View const& v) {
   double m = 0.0;
   for (std::size_t i = 0; i < v.span(); ++i) m = std::fmax(m, std::abs(static_cast<double>(to_float(v.data()[i]))));
   return m;
+}
+
+/// A fresh temporary directory, removed with everything in it at the end of the test.
+struct temp_dir {
+  std::filesystem::path path;  ///< the directory
+  temp_dir() {
+    std::random_device rd;
+    path = std::filesystem::temp_directory_path() / ("ssm_test_" + std::to_string(rd()) + std::to_string(rd()));
+    std::filesystem::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  temp_dir(temp_dir const&) = delete;
+  temp_dir& operator=(temp_dir const&) = delete;
+};
+
+/// `f()` throws `ssm::shape_error` whose message contains every one of `parts`.
+template <class F>
+void require_shape_error(F&& f, std::vector<std::string> const& parts) {
+  bool thrown = false;
+  try {
+    f();
+  } catch (ssm::shape_error const& e) {
+    thrown = true;
+    std::string const message = e.what();
+    INFO("message: " << message);
+    for (auto const& part : parts) CHECK(message.find(part) != std::string::npos);
+  }
+  CHECK(thrown);
 }
 
 }  // namespace ssm::test

@@ -4,9 +4,6 @@
 /// identities of a causal convolution (splitting a sequence, streaming token by token).
 
 #include "catch.hpp"
-#if __has_include(<catch2/catch_template_test_macros.hpp>)
-#include <catch2/catch_template_test_macros.hpp>
-#endif
 
 #include <cmath>
 #include <cstddef>
@@ -21,6 +18,8 @@
 
 namespace {
 
+using ssm::test::require_shape_error;
+
 using ssm::test::host1;
 using ssm::test::host2;
 using ssm::test::host3;
@@ -32,20 +31,6 @@ struct types {
   using act = T;
   using weight = Wt;
 };
-
-template <class F>
-void require_shape_error(F&& f, std::vector<std::string> const& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (ssm::shape_error const& e) {
-    thrown = true;
-    std::string const message = e.what();
-    INFO("message: " << message);
-    for (auto const& part : parts) CHECK(message.find(part) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 /// The tensors of one convolution, filled with seeded values in [-1, 1).
 template <class T, class Wt>

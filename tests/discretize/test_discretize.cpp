@@ -4,9 +4,6 @@
 /// integration, and the formulas written out independently with std::complex.
 
 #include "catch.hpp"
-#if __has_include(<catch2/catch_template_test_macros.hpp>)
-#include <catch2/catch_template_test_macros.hpp>
-#endif
 
 #include <cmath>
 #include <complex>
@@ -24,6 +21,8 @@
 
 namespace {
 
+using ssm::test::require_shape_error;
+
 using kcomplex = Kokkos::complex<double>;
 using scomplex = std::complex<double>;
 constexpr double eps = std::numeric_limits<double>::epsilon();
@@ -35,22 +34,6 @@ std::complex<long double> to_long(Kokkos::complex<Real> z) {
 }
 
 // Run `f` and require that it throws ssm::shape_error whose message contains every one of `parts`.
-template <class F>
-void require_shape_error(F&& f, std::vector<std::string> const& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (ssm::shape_error const& e) {
-    thrown = true;
-    std::string const message = e.what();
-    for (auto const& part : parts) {
-      INFO("message: " << message);
-      CHECK(message.find(part) != std::string::npos);
-    }
-  }
-  CHECK(thrown);
-}
-
 // One step of x' = a x + b u, u constant, integrated with classical RK4 in `substeps` substeps, the
 // state accumulated with Kahan compensation so that rounding does not grow with the substep count.
 template <class S>

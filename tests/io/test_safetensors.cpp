@@ -10,19 +10,15 @@
 #include <string>
 #include <vector>
 
-#include "ssm/io/safetensors.hpp"
+#include <ssm/io/safetensors.hpp>
 
-#if __has_include("catch.hpp")
-#include "catch.hpp"  // the project's wrapper of Catch2 (2.13 or 3.x), found through tests/
-#else
-#include <catch2/catch.hpp>
-#endif
+#include "catch.hpp"
+#include "support.hpp"
 
-#ifndef SSM_FIXTURE_DIR  // set by tests/CMakeLists.txt; this fallback works from the repository root
-#define SSM_FIXTURE_DIR "tests/fixtures"
-#endif
 
 namespace {
+
+using ssm::test::temp_dir;
 
 namespace fs = std::filesystem;
 using ssm::io::safetensors_error;
@@ -30,22 +26,6 @@ using ssm::io::safetensors_file;
 using shape_t = std::vector<std::int64_t>;
 
 std::string fixture(std::string const& name) { return std::string(SSM_FIXTURE_DIR) + "/mamba_tiny/" + name; }
-
-/// A fresh temporary directory, removed with everything in it at the end of the test.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ssm_safetensors_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  temp_dir(temp_dir const&) = delete;
-  temp_dir& operator=(temp_dir const&) = delete;
-};
 
 void append_le(std::string& out, std::uint64_t value, int nbytes) {
   for (int i = 0; i < nbytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFFu));

@@ -14,19 +14,15 @@
 #include <string>
 #include <vector>
 
-#include "ssm/io/torch_checkpoint.hpp"
+#include <ssm/io/torch_checkpoint.hpp>
 
-#if __has_include("catch.hpp")
-#include "catch.hpp"  // the project's wrapper of Catch2 (2.13 or 3.x), found through tests/
-#else
-#include <catch2/catch.hpp>
-#endif
+#include "catch.hpp"
+#include "support.hpp"
 
-#ifndef SSM_FIXTURE_DIR  // set by tests/CMakeLists.txt; this fallback works from the repository root
-#define SSM_FIXTURE_DIR "tests/fixtures"
-#endif
 
 namespace {
+
+using ssm::test::temp_dir;
 
 namespace fs = std::filesystem;
 using ssm::io::torch_checkpoint;
@@ -35,22 +31,6 @@ using shape_t = std::vector<std::int64_t>;
 using floats = std::vector<float>;
 
 fs::path fixture(std::string const& name) { return fs::path(SSM_FIXTURE_DIR) / "torch" / name; }
-
-/// A fresh temporary directory, removed with everything in it at the end of the test.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ssm_torch_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  temp_dir(temp_dir const&) = delete;
-  temp_dir& operator=(temp_dir const&) = delete;
-};
 
 std::string read_file(fs::path const& p) {
   std::ifstream f(p, std::ios::binary);

@@ -4,9 +4,6 @@
 /// and panel-crossing shapes and strided tensors; a case computed by hand; and shape errors.
 
 #include "catch.hpp"
-#if __has_include(<catch2/catch_template_test_macros.hpp>)
-#include <catch2/catch_template_test_macros.hpp>
-#endif
 
 #include <cmath>
 #include <cstddef>
@@ -20,6 +17,8 @@
 
 namespace {
 
+using ssm::test::require_shape_error;
+
 using ssm::test::host1;
 using ssm::test::host2;
 using memory = ssm::test::memory;
@@ -29,20 +28,6 @@ struct types {
   using act = T;
   using weight = Wt;
 };
-
-template <class F>
-void require_shape_error(F&& f, std::vector<std::string> const& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (ssm::shape_error const& e) {
-    thrown = true;
-    std::string const message = e.what();
-    INFO("message: " << message);
-    for (auto const& part : parts) CHECK(message.find(part) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 /// The bound of an fp32 evaluation of y = x W^T + b in any order: the K + 1 terms of each output
 /// reassociated (about (K + 1) 2^-24 times the sum of their magnitudes), then one rounding to T.

@@ -22,30 +22,13 @@
 #include "catch.hpp"
 #include "support.hpp"
 
-#ifndef SSM_FIXTURE_DIR  // set by tests/CMakeLists.txt; this fallback works from the repository root
-#define SSM_FIXTURE_DIR "tests/fixtures"
-#endif
 
 namespace {
 
+using ssm::test::temp_dir;
+
 namespace fs = std::filesystem;
 using shape_t = std::vector<std::int64_t>;
-
-/// A fresh temporary directory, removed with everything in it at the end of the test.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ssm_checkpoint_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  temp_dir(temp_dir const&) = delete;
-  temp_dir& operator=(temp_dir const&) = delete;
-};
 
 void write_text(fs::path const& p, std::string const& contents) {
   std::ofstream f(p, std::ios::binary);

@@ -15,30 +15,14 @@
 #include <ssm/model/config_json.hpp>
 
 #include "catch.hpp"
+#include "support.hpp"
 
-#ifndef SSM_FIXTURE_DIR  // set by tests/CMakeLists.txt; this fallback works from the repository root
-#define SSM_FIXTURE_DIR "tests/fixtures"
-#endif
 
 namespace {
 
-namespace fs = std::filesystem;
+using ssm::test::temp_dir;
 
-/// A fresh temporary directory, removed with everything in it at the end of the test.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("ssm_config_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  temp_dir(temp_dir const&) = delete;
-  temp_dir& operator=(temp_dir const&) = delete;
-};
+namespace fs = std::filesystem;
 
 fs::path write(fs::path const& dir, std::string const& name, std::string const& contents) {
   fs::path const p = dir / name;

@@ -3,9 +3,6 @@
 /// the fused residual, in place or not), cases computed by hand, scale invariance, and shape errors.
 
 #include "catch.hpp"
-#if __has_include(<catch2/catch_template_test_macros.hpp>)
-#include <catch2/catch_template_test_macros.hpp>
-#endif
 
 #include <cmath>
 #include <cstddef>
@@ -19,6 +16,8 @@
 
 namespace {
 
+using ssm::test::require_shape_error;
+
 using ssm::test::host1;
 using ssm::test::host2;
 using memory = ssm::test::memory;
@@ -28,20 +27,6 @@ struct types {
   using act = T;
   using weight = Wt;
 };
-
-template <class F>
-void require_shape_error(F&& f, std::vector<std::string> const& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (ssm::shape_error const& e) {
-    thrown = true;
-    std::string const message = e.what();
-    INFO("message: " << message);
-    for (auto const& part : parts) CHECK(message.find(part) != std::string::npos);
-  }
-  CHECK(thrown);
-}
 
 template <class T, class Wt>
 struct norm_data {
