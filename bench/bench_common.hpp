@@ -6,12 +6,14 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <random>
 #include <string>
 #include <vector>
 
 #include <Kokkos_Core.hpp>
 
 #include <ssm/core/compat.hpp>
+#include <ssm/core/dtype.hpp>
 
 namespace ssm::bench {
 
@@ -42,6 +44,18 @@ inline void print_machine() {
   using space = Kokkos::DefaultExecutionSpace;
   std::printf("machine: %s; Kokkos %d.%d.%d, %s with %d threads\n", cpu_model().c_str(), KOKKOS_VERSION / 10000,
               KOKKOS_VERSION / 100 % 100, KOKKOS_VERSION % 100, space::name(), compat::concurrency(space()));
+}
+
+/// Fill a view with seeded values uniform in [lo, hi), rounded to its storage type (on the host,
+/// then copied to the view's memory).
+template <class View>
+void fill(View const& v, std::uint64_t seed, float lo, float hi) {
+  using T = typename View::non_const_value_type;
+  auto host = Kokkos::create_mirror_view(v);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  for (std::size_t i = 0; i < host.span(); ++i) host.data()[i] = from_float<T>(dist(rng));
+  Kokkos::deep_copy(v, host);
 }
 
 /// True when the program was asked for its quick smoke-test mode (tiny sizes, one repeat).

@@ -17,16 +17,7 @@ namespace {
 
 using space = Kokkos::DefaultExecutionSpace;
 using memory = space::memory_space;
-
-template <class View>
-void fill(View const& v, std::uint64_t seed, float lo, float hi) {
-  using T = typename View::non_const_value_type;
-  auto host = Kokkos::create_mirror_view(v);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  for (std::size_t i = 0; i < host.span(); ++i) host.data()[i] = ssm::from_float<T>(dist(rng));
-  Kokkos::deep_copy(v, host);
-}
+using ssm::bench::fill;
 
 template <class T>
 void run(char const* dtype, int B, int D, int L, int N, int repeats) {
