@@ -39,3 +39,6 @@
 #include <ssm/model/save.hpp>
 #include <ssm/model/scoring.hpp>
 #include <ssm/model/weights.hpp>
+
+#include <ssm/text/tokenizer.hpp>
+#include <ssm/text/utf8.hpp>

@@ -4,11 +4,14 @@
 //   ssm perplexity -m DIR -f FILE
 //   ssm generate   -m DIR --ids 1,2,3 -n N [--temp T --top-k K --top-p P --min-p P --repeat-penalty R --seed S] [--json]
 //   ssm bench      (-m DIR | --preset NAME) [-p 512] [-n 128] [-b 1,8] [-t THREADS] [-o md|json]
+//   ssm tokenize   -m (DIR | tokenizer.json) (-p TEXT | -f FILE) [--json]
+//   ssm detokenize -m (DIR | tokenizer.json) (--ids 1,2,3 | -f FILE) [--json]
 //   ssm make-model --preset tiny|130m|370m|790m|1.4b|2.8b --dtype f32|f16|bf16 -o DIR
 //   ssm info       -m DIR
 //   ssm convert    -m DIR -o DIR          (pytorch_model.bin -> model.safetensors)
 //
-// Token ids for now (the tokenizer arrives with text generation). Every error is one line naming
+// Text goes through the model's tokenizer.json (GPT-NeoX byte-level BPE); ids work everywhere too.
+// Every error is one line naming
 // the file and the problem, and a non-zero exit.
 #include <algorithm>
 #include <chrono>
@@ -20,6 +23,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <optional>
 #include <vector>
 
 #include <unistd.h>
@@ -28,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include <ssm/ssm.hpp>
+#include <ssm/text/tokenizer.hpp>
 
 namespace {
 
@@ -75,6 +80,25 @@ std::vector<std::int32_t> read_ids(std::string const& ids_text, std::string cons
   std::stringstream text;
   text << in.rdbuf();
   return parse_ids(text.str(), "'" + file + "'");
+}
+
+/// The tokenizer of a model directory (its tokenizer.json), or a tokenizer.json given directly.
+ssm::text::tokenizer load_tokenizer(std::string const& model_or_file) {
+  fs::path const path(model_or_file);
+  if (fs::is_directory(path)) {
+    if (!fs::exists(path / "tokenizer.json"))
+      throw ssm::error("'" + model_or_file + "': no tokenizer.json in the model directory (give token ids instead)");
+    return ssm::text::tokenizer::from_file(path / "tokenizer.json");
+  }
+  return ssm::text::tokenizer::from_file(path);
+}
+
+std::string read_text_file(std::string const& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ssm::error("'" + file + "': cannot open the file");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 /// A progress bar on stderr, only when stderr is a terminal.
@@ -148,23 +172,39 @@ int cmd_perplexity(std::string const& dir, std::string const& dtype, std::vector
   });
 }
 
-int cmd_generate(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& prompt,
-                 ssm::generation_options const& options, bool json) {
+int cmd_generate(std::string const& dir, std::string const& dtype, std::string const& ids_text, std::string const& text,
+                 ssm::generation_options options, bool json) {
+  std::optional<ssm::text::tokenizer> tokenizer;
+  if (!text.empty() || fs::exists(fs::path(dir) / "tokenizer.json")) tokenizer = load_tokenizer(dir);
+  std::vector<std::int32_t> const prompt = text.empty() ? parse_ids(ids_text, "--ids") : tokenizer->encode(text);
+  if (prompt.empty()) throw ssm::error("-p: the prompt is empty");
+  if (tokenizer && !options.eos) options.eos = tokenizer->eos_id();
   return with_dtype(dtype, [&](auto wt) {
     auto const model = load_model<decltype(wt)>(dir);
     auto const start = clock_type::now();
     clock_type::time_point first_token;
     std::size_t produced = 0;
+    std::optional<ssm::text::stream_decoder> stream;
+    if (tokenizer) {
+      stream.emplace(*tokenizer, /*skip_special=*/true);
+      if (!json) std::fputs(tokenizer->decode(prompt, /*skip_special=*/true).c_str(), stdout);
+    }
     auto const out = ssm::generate(model, {prompt}, options, [&](std::size_t, std::int32_t id) {
       if (produced++ == 0) first_token = clock_type::now();
-      if (!json) std::printf("%d\n", id), std::fflush(stdout);
+      if (!json) {
+        if (stream) std::fputs(stream->push(id).c_str(), stdout);
+        else std::printf("%d\n", id);
+        std::fflush(stdout);
+      }
       return true;
     }).front();
+    if (!json && stream) std::printf("%s\n", stream->flush().c_str());
     double const prompt_ms = std::chrono::duration<double, std::milli>(first_token - start).count();
     double const eval_ms = ms_since(first_token);
     if (json) {
       nlohmann::json j;
       j["ids"] = out;
+      if (tokenizer) j["text"] = tokenizer->decode(out);
       std::cout << j.dump() << "\n";
     }
     std::fprintf(stderr, "prompt eval time = %10.2f ms / %5zu tokens (%8.2f ms per token, %8.2f tokens per second)\n",
@@ -176,6 +216,26 @@ int cmd_generate(std::string const& dir, std::string const& dtype, std::vector<s
                    1000.0 * static_cast<double>(out.size() - 1) / eval_ms);
     return 0;
   });
+}
+
+int cmd_tokenize(std::string const& source, std::string const& text, std::string const& file, bool json) {
+  auto const tokenizer = load_tokenizer(source);
+  auto const ids = tokenizer.encode(file.empty() ? text : read_text_file(file));
+  if (json) {
+    std::cout << nlohmann::json{{"ids", ids}}.dump() << "\n";
+  } else {
+    for (std::size_t i = 0; i < ids.size(); ++i) std::printf("%s%d", i ? "," : "", ids[i]);
+    std::printf("\n");
+  }
+  return 0;
+}
+
+int cmd_detokenize(std::string const& source, std::vector<std::int32_t> const& ids, bool json) {
+  auto const tokenizer = load_tokenizer(source);
+  auto const text = tokenizer.decode(ids);
+  if (json) std::cout << nlohmann::json{{"text", text}}.dump() << "\n";
+  else std::cout << text << "\n";
+  return 0;
 }
 
 int cmd_info(std::string const& dir) {
@@ -393,18 +453,24 @@ int main(int argc, char** argv) {
   score->add_option("-m,--model", dir, "checkpoint directory")->required();
   auto* score_ids = score->add_option("--ids", ids_text, "token ids, e.g. 1,2,3");
   score->add_option("-f,--file", file, "a file of token ids")->excludes(score_ids);
+  std::string score_text;
+  score->add_option("-p,--prompt", score_text, "text to score (needs the model's tokenizer.json)")->excludes(score_ids);
   score->add_flag("--json", json, "print one JSON object");
   score->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
 
   auto* ppl = app.add_subcommand("perplexity", "perplexity of a long text, streamed through the state");
   ppl->add_option("-m,--model", dir, "checkpoint directory")->required();
-  ppl->add_option("-f,--file", file, "a file of token ids")->required();
+  ppl->add_option("-f,--file", file, "a text file (tokenized with the model's tokenizer.json), or of ids")->required();
+  bool ids_file = false;
+  ppl->add_flag("--ids-file", ids_file, "the file holds token ids, not text");
   ppl->add_option("--chunk", chunk, "tokens per forward pass");
   ppl->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
 
   auto* gen = app.add_subcommand("generate", "continue a prompt of token ids");
   gen->add_option("-m,--model", dir, "checkpoint directory")->required();
-  gen->add_option("--ids", ids_text, "prompt token ids, e.g. 1,2,3")->required();
+  std::string prompt_text;
+  auto* gen_ids = gen->add_option("--ids", ids_text, "prompt token ids, e.g. 1,2,3");
+  gen->add_option("-p,--prompt", prompt_text, "prompt text (needs the model's tokenizer.json)")->excludes(gen_ids);
   gen->add_option("-n", generation.max_tokens, "tokens to generate");
   gen->add_option("--temp", generation.sampling.temperature, "temperature (0: greedy)");
   gen->add_option("--top-k", generation.sampling.top_k, "keep the k most likely tokens (0: all)");
@@ -431,6 +497,18 @@ int main(int argc, char** argv) {
   make->add_option("-o,--output", out, "directory to write")->required();
   make->add_option("--seed", seed, "random seed");
 
+  auto* tokenize = app.add_subcommand("tokenize", "text to token ids with a tokenizer.json");
+  tokenize->add_option("-m,--model", dir, "model directory or tokenizer.json")->required();
+  auto* tokenize_text = tokenize->add_option("-p,--prompt", prompt_text, "the text");
+  tokenize->add_option("-f,--file", file, "a file of text")->excludes(tokenize_text);
+  tokenize->add_flag("--json", json, "print {\"ids\": [...]}");
+
+  auto* detokenize = app.add_subcommand("detokenize", "token ids to text with a tokenizer.json");
+  detokenize->add_option("-m,--model", dir, "model directory or tokenizer.json")->required();
+  auto* detokenize_ids = detokenize->add_option("--ids", ids_text, "token ids, e.g. 1,2,3");
+  detokenize->add_option("-f,--file", file, "a file of token ids")->excludes(detokenize_ids);
+  detokenize->add_flag("--json", json, "print {\"text\": \"...\"}");
+
   auto* info = app.add_subcommand("info", "configuration, parameter count, dtypes and memory of a checkpoint");
   info->add_option("-m,--model", dir, "checkpoint directory")->required();
 
@@ -438,7 +516,7 @@ int main(int argc, char** argv) {
   convert->add_option("-m,--model", dir, "checkpoint directory holding pytorch_model.bin")->required();
   convert->add_option("-o,--output", out, "directory to write")->required();
 
-  for (auto* command : {score, ppl, gen, bench, make, info, convert})
+  for (auto* command : {score, ppl, gen, bench, make, info, convert, tokenize, detokenize})
     command->add_option("-t,--threads", threads, "host threads (OpenMP builds; 0: Kokkos' default)");
 
   CLI11_PARSE(app, argc, argv);
@@ -446,17 +524,26 @@ int main(int argc, char** argv) {
   int code = 1;
   try {
     if (score->parsed()) {
-      if (ids_text.empty() && file.empty()) throw ssm::error("score: give --ids or -f");
-      code = cmd_score(dir, dtype, read_ids(ids_text, file), json);
+      if (ids_text.empty() && file.empty() && score_text.empty()) throw ssm::error("score: give --ids, -f or -p");
+      auto const ids = score_text.empty() ? read_ids(ids_text, file) : load_tokenizer(dir).encode(score_text);
+      code = cmd_score(dir, dtype, ids, json);
     } else if (ppl->parsed()) {
-      code = cmd_perplexity(dir, dtype, read_ids("", file), chunk);
+      bool const text = !ids_file && fs::exists(fs::path(dir) / "tokenizer.json");
+      auto const ids = text ? load_tokenizer(dir).encode(read_text_file(file)) : read_ids("", file);
+      code = cmd_perplexity(dir, dtype, ids, chunk);
     } else if (gen->parsed()) {
-      code = cmd_generate(dir, dtype, read_ids(ids_text, ""), generation, json);
+      if (ids_text.empty() && prompt_text.empty()) throw ssm::error("generate: give -p TEXT or --ids");
+      code = cmd_generate(dir, dtype, ids_text, prompt_text, generation, json);
     } else if (bench->parsed()) {
       if (dir.empty() && preset.empty()) throw ssm::error("bench: give -m DIR or --preset NAME");
       code = cmd_bench(dir, preset, dtype, prompt, n, batches, format);
     } else if (make->parsed()) {
       code = cmd_make_model(preset, dtype, out, seed);
+    } else if (tokenize->parsed()) {
+      if (prompt_text.empty() && file.empty()) throw ssm::error("tokenize: give -p TEXT or -f FILE");
+      code = cmd_tokenize(dir, prompt_text, file, json);
+    } else if (detokenize->parsed()) {
+      code = cmd_detokenize(dir, read_ids(ids_text, file), json);
     } else if (info->parsed()) {
       code = cmd_info(dir);
     } else if (convert->parsed()) {
