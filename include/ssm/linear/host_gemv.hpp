@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 
 #include <Kokkos_Core.hpp>
 
@@ -36,14 +37,23 @@ void linear_few_rows(ExecSpace const& space, XView const& x, WView const& weight
   using T = typename YView::value_type;
   using Wt = typename WView::non_const_value_type;
   int const M = static_cast<int>(x.extent(0)), K = static_cast<int>(x.extent(1)), N = static_cast<int>(weight.extent(0));
-  // the activations, widened once to a contiguous fp32 buffer (M * K values: small)
-  Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> xf(
-      Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::linear::few_rows::x")), M, K);
-  Kokkos::parallel_for(
-      "ssm::linear::few_rows::widen", Kokkos::RangePolicy<ExecSpace>(space, 0, M),
-      KOKKOS_LAMBDA(int const m) {
-        for (int k = 0; k < K; ++k) xf(m, k) = to_float(x(m, k));
-      });
+  // fp32 activations with unit stride are read in place; others are widened once to a
+  // contiguous fp32 buffer (M * K values: small)
+  float const* x0 = nullptr;
+  std::size_t x_row = static_cast<std::size_t>(K);
+  if constexpr (std::is_same_v<std::remove_const_t<typename XView::value_type>, float>) {
+    if (x.stride(1) == 1) x0 = x.data(), x_row = x.stride(0);
+  }
+  Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> xf;
+  if (x0 == nullptr) {
+    xf = decltype(xf)(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::linear::few_rows::x")), M, K);
+    Kokkos::parallel_for(
+        "ssm::linear::few_rows::widen", Kokkos::RangePolicy<ExecSpace>(space, 0, M),
+        KOKKOS_LAMBDA(int const m) {
+          for (int k = 0; k < K; ++k) xf(m, k) = to_float(x(m, k));
+        });
+    x0 = xf.data();
+  }
   bool const has_bias = given(bias);
   std::size_t const row_stride = weight.stride(0);
   Wt const* const w0 = weight.data();
@@ -54,7 +64,7 @@ void linear_few_rows(ExecSpace const& space, XView const& x, WView const& weight
         for (int n = item * features_per_item; n < n_end; ++n) {
           Wt const* const w = w0 + static_cast<std::size_t>(n) * row_stride;
           for (int m = 0; m < M; ++m) {
-            float const* const xm = &xf(m, 0);
+            float const* const xm = x0 + static_cast<std::size_t>(m) * x_row;
             constexpr int lanes = 16;
             float partial[lanes] = {};
             int k = 0;
