@@ -124,4 +124,18 @@ void require_shape_error(F&& f, std::vector<std::string> const& parts) {
   CHECK(thrown);
 }
 
+/// The message of the `Error` that `f` throws, or "" if it throws none.
+template <class Error, class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (Error const& e) {
+    return e.what();
+  }
+  return "";
+}
+
+/// Whether `text` contains `part`.
+inline bool contains(std::string const& text, std::string const& part) { return text.find(part) != std::string::npos; }
+
 }  // namespace ssm::test

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ssm/io/safetensors.hpp>
@@ -48,15 +49,10 @@ fs::path write(fs::path const& dir, std::string const& name, std::string const& 
 /// The message of the safetensors_error that `f` throws, or "" if it throws none.
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (safetensors_error const& e) {
-    return e.what();
-  }
-  return "";
+  return ssm::test::error_of<safetensors_error>(std::forward<F>(f));
 }
 
-bool contains(std::string const& text, std::string const& part) { return text.find(part) != std::string::npos; }
+using ssm::test::contains;
 
 std::string zeros(std::size_t n) { return std::string(n, '\0'); }
 

@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ssm/io/torch_checkpoint.hpp>
@@ -46,15 +47,10 @@ fs::path write(fs::path const& p, std::string const& contents) {
 /// The message of the torch_checkpoint_error that `f` throws, or "" if it throws none.
 template <class F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (torch_checkpoint_error const& e) {
-    return e.what();
-  }
-  return "";
+  return ssm::test::error_of<torch_checkpoint_error>(std::forward<F>(f));
 }
 
-bool contains(std::string const& text, std::string const& part) { return text.find(part) != std::string::npos; }
+using ssm::test::contains;
 
 std::uint32_t float_bits(float f) {
   std::uint32_t u;
