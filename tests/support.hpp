@@ -15,13 +15,14 @@
 
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
+#include <ssm/core/views.hpp>
 
 #include "catch.hpp"
 
 namespace ssm::test {
 
 /// The execution space the tests run the Kokkos paths on, and its (host-accessible) memory.
-using space = Kokkos::DefaultExecutionSpace;
+using space = Kokkos::DefaultHostExecutionSpace;  // CUDA builds test the GPU in tests/cuda
 using memory = space::memory_space;
 
 /// A contiguous host tensor of rank 1 to 4.
@@ -58,6 +59,22 @@ tolerance derived_tolerance(std::size_t terms, double scale = 1.0) {
   double const u = unit_roundoff<T>();
   double const fp32 = 0x1p-24;
   return {4.0 * u, 4.0 * static_cast<double>(terms) * fp32 * scale + 4.0 * u * scale};
+}
+
+/// The bound of an fp32 evaluation of y = x W^T + b in any order: the K + 1 terms of each output
+/// reassociated (about (K + 1) 2^-24 times the sum of their magnitudes), then one rounding to T.
+/// `scale` is the largest sum of magnitudes |b_n| + sum_k |x_mk w_nk|, computed here in double.
+template <class T, class X, class W, class B>
+tolerance gemm_tolerance(X const& x, W const& w, B const& bias) {
+  double scale = 0.0;
+  for (std::size_t m = 0; m < x.extent(0); ++m)
+    for (std::size_t n = 0; n < w.extent(0); ++n) {
+      double sum = given(bias) ? std::abs(static_cast<double>(to_float(bias(n)))) : 0.0;
+      for (std::size_t k = 0; k < x.extent(1); ++k)
+        sum += std::abs(static_cast<double>(to_float(x(m, k))) * static_cast<double>(to_float(w(n, k))));
+      scale = std::fmax(scale, sum);
+    }
+  return derived_tolerance<T>(x.extent(1) + 1, scale);
 }
 
 /// Compare two contiguous views of the same size element by element; report the worst element.

@@ -29,22 +29,6 @@ struct types {
   using weight = Wt;
 };
 
-/// The bound of an fp32 evaluation of y = x W^T + b in any order: the K + 1 terms of each output
-/// reassociated (about (K + 1) 2^-24 times the sum of their magnitudes), then one rounding to T.
-/// `scale` is the largest sum of magnitudes |b_n| + sum_k |x_mk w_nk|, computed here in double.
-template <class T, class X, class W, class B>
-ssm::test::tolerance gemm_tolerance(X const& x, W const& w, B const& bias) {
-  double scale = 0.0;
-  for (std::size_t m = 0; m < x.extent(0); ++m)
-    for (std::size_t n = 0; n < w.extent(0); ++n) {
-      double sum = ssm::given(bias) ? std::abs(static_cast<double>(ssm::to_float(bias(n)))) : 0.0;
-      for (std::size_t k = 0; k < x.extent(1); ++k)
-        sum += std::abs(static_cast<double>(ssm::to_float(x(m, k))) * static_cast<double>(ssm::to_float(w(n, k))));
-      scale = std::fmax(scale, sum);
-    }
-  return ssm::test::derived_tolerance<T>(x.extent(1) + 1, scale);
-}
-
 /// Copy any rank-2 view into a contiguous one (an independent re-layout for the oracle).
 template <class T, class View>
 host2<T> contiguous(View const& v) {
@@ -70,7 +54,7 @@ void compare(std::size_t M, std::size_t K, std::size_t N, bool has_bias) {
   if (has_bias) p.bias = bias;
   p.y = y_reference;
   ssm::reference::linear(p);
-  auto const tol = gemm_tolerance<T>(x, weight, p.bias);
+  auto const tol = ssm::test::gemm_tolerance<T>(x, weight, p.bias);
   ssm::test::space space;
   p.y = y_host;
   ssm::linear(space, p);
@@ -196,7 +180,7 @@ TEMPLATE_TEST_CASE("linear: strided x, weight and y (slices of wider buffers)", 
               q.bias = bias;
               q.y = y_reference;
               ssm::reference::linear(q);
-              auto const tol = gemm_tolerance<T>(x_c, w_c, bias);
+              auto const tol = ssm::test::gemm_tolerance<T>(x_c, w_c, bias);
 
               for (int path = 0; path < 2; ++path) {
                 INFO((path == 0 ? "host backend" : "linear_kokkos"));

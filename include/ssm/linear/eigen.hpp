@@ -11,6 +11,11 @@
 #include <type_traits>
 #include <vector>
 
+// ssm calls Eigen from host code only. Under nvcc, Eigen would otherwise mark its functions
+// __host__ __device__, which nvcc then warns about; EIGEN_NO_CUDA keeps Eigen host-only.
+#if defined(__CUDACC__) && !defined(EIGEN_NO_CUDA)
+#define EIGEN_NO_CUDA
+#endif
 #include <Eigen/Core>
 
 #include <ssm/core/dtype.hpp>

@@ -154,3 +154,7 @@ void linear(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/linear/cuda/cublaslt.cuh>
+#endif

@@ -1,0 +1,55 @@
+#pragma once
+/// \file
+/// \brief What the hand-written CUDA kernels share: error checks, the stream of an execution space
+/// instance, and fp32 conversions of the storage types in device code.
+///
+/// Every name here exists only when Kokkos has its CUDA backend (`KOKKOS_ENABLE_CUDA`); the header
+/// is empty otherwise, so that it can be included everywhere. The kernels themselves live beside
+/// their op, in `ssm/<op>/cuda/*.cuh`, and take over through the op's backend trait for
+/// `Kokkos::Cuda`.
+
+#include <Kokkos_Core.hpp>
+
+#if defined(KOKKOS_ENABLE_CUDA)
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include <ssm/core/dtype.hpp>
+#include <ssm/core/error.hpp>
+
+namespace ssm::cuda {
+
+/// \brief Throw `ssm::error` naming `what` and CUDA's message when `status` is not `cudaSuccess`.
+/// \param status the return code of a CUDA runtime call.
+/// \param what the call, e.g. `"ssm::selective_scan: launch"`.
+inline void check(cudaError_t status, char const* what) {
+  if (status != cudaSuccess)
+    throw error(std::string(what) + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
+}
+
+/// \brief Check that the kernel just launched was accepted (bad configuration, missing image).
+/// \param what the kernel, e.g. `"ssm::selective_scan::cuda"`.
+inline void check_launch(char const* what) { check(cudaGetLastError(), what); }
+
+/// \brief The CUDA stream an execution space instance enqueues its work on.
+/// \param space the instance. \return its stream.
+inline cudaStream_t stream(Kokkos::Cuda const& space) { return space.cuda_stream(); }
+
+/// \brief Blocks needed to cover `n` items with `per_block` items per block.
+/// \param n items. \param per_block items per block. \return the rounded-up quotient, at least 1.
+constexpr unsigned blocks_for(std::size_t n, std::size_t per_block) {
+  return static_cast<unsigned>(n == 0 ? 1 : (n + per_block - 1) / per_block);
+}
+
+/// \brief Whether a pointer is aligned to `bytes`.
+/// \param p the pointer. \param bytes a power of two. \return `p % bytes == 0`.
+inline bool aligned(void const* p, std::size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+}  // namespace ssm::cuda
+
+#endif  // KOKKOS_ENABLE_CUDA

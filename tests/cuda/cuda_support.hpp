@@ -1,0 +1,72 @@
+#pragma once
+// Helpers of the GPU tests: move contiguous host tensors to the GPU and back, and poison outputs
+// so that an element a kernel forgot to write cannot pass for a right one.
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include <Kokkos_Core.hpp>
+
+#include <ssm/core/cuda.hpp>
+
+#include "support.hpp"
+
+namespace ssm::test::gpu {
+
+using space = Kokkos::Cuda;
+using memory = Kokkos::CudaSpace;
+
+/// A contiguous GPU tensor of rank 1 to 4.
+template <class T>
+using dev1 = Kokkos::View<T*, Kokkos::LayoutRight, memory>;
+template <class T>
+using dev2 = Kokkos::View<T**, Kokkos::LayoutRight, memory>;
+template <class T>
+using dev3 = Kokkos::View<T***, Kokkos::LayoutRight, memory>;
+template <class T>
+using dev4 = Kokkos::View<T****, Kokkos::LayoutRight, memory>;
+
+/// A GPU copy of a contiguous host view (same shape and layout).
+template <class HostView>
+auto to_device(HostView const& host) {
+  auto device = Kokkos::create_mirror_view(memory(), host);
+  Kokkos::deep_copy(device, host);
+  return device;
+}
+
+/// A host copy of a GPU view (fences the copy).
+template <class DeviceView>
+auto to_host(DeviceView const& device) {
+  return Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), device);
+}
+
+/// Fill a GPU view with NaN bit patterns of its element type: outputs start poisoned.
+template <class DeviceView>
+void poison(DeviceView const& device) {
+  auto host = Kokkos::create_mirror_view(device);
+  using T = typename DeviceView::non_const_value_type;
+  T const nan = from_float<T>(std::numeric_limits<float>::quiet_NaN());
+  for (std::size_t i = 0; i < host.span(); ++i) host.data()[i] = nan;
+  Kokkos::deep_copy(device, host);
+}
+
+/// Milliseconds per call of `enqueue(space)`, timed with CUDA events on the stream of `space` over
+/// `calls` calls, after three untimed ones (first-touch, caches).
+template <class Enqueue>
+double milliseconds_per_call(space const& s, int calls, Enqueue&& enqueue) {
+  for (int i = 0; i < 3; ++i) enqueue(s);
+  cudaEvent_t start, stop;
+  ssm::cuda::check(cudaEventCreate(&start), "cudaEventCreate");
+  ssm::cuda::check(cudaEventCreate(&stop), "cudaEventCreate");
+  ssm::cuda::check(cudaEventRecord(start, ssm::cuda::stream(s)), "cudaEventRecord");
+  for (int i = 0; i < calls; ++i) enqueue(s);
+  ssm::cuda::check(cudaEventRecord(stop, ssm::cuda::stream(s)), "cudaEventRecord");
+  ssm::cuda::check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+  float total = 0.0f;
+  ssm::cuda::check(cudaEventElapsedTime(&total, start, stop), "cudaEventElapsedTime");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return static_cast<double>(total) / calls;
+}
+
+}  // namespace ssm::test::gpu
