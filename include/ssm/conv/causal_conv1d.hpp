@@ -166,12 +166,98 @@ void causal_conv1d_update(causal_conv1d_update_params<T, Wt, MemSpace> const& p)
 
 }  // namespace reference
 
-/// \brief Which implementation of the causal conv1d runs on an execution space; the primary
-/// template is the portable Kokkos path: one work item per (batch, channel), with a sliding window
-/// of the last W inputs in registers.
+namespace detail {
+
+/// \brief The portable Kokkos path of the causal conv1d: one work item per (batch, channel), with
+/// a sliding window of the last W inputs in registers (asynchronous).
 ///
-/// Specialise it for an execution space to plug in another kernel. `ssm::causal_conv1d` calls
-/// `run` only after checking the shapes and with B, D > 0.
+/// The body of the primary `causal_conv1d_backend`; callable on any execution space, so that the
+/// tests can run it where another backend takes over.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the kernel runs on.
+/// \param p the checked tensors and flags: `x`, `out` (B, D, L); `weight` (D, W); `bias` (D);
+///          `initial_state`, `final_state` (B, D, W-1).
+/// \param s their sizes, as returned by the shape check.
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void causal_conv1d_portable(ExecSpace const& space, causal_conv1d_params<T, Wt, MemSpace> const& p,
+                            conv_shape const& s) {
+  int const channels = static_cast<int>(s.channels);
+  int const length = static_cast<int>(s.length);
+  int const width = static_cast<int>(s.width);
+  bool const has_bias = given(p.bias), has_initial = given(p.initial_state), has_final = given(p.final_state);
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::causal_conv1d::kokkos", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
+      KOKKOS_LAMBDA(int const item) {
+        auto const& q = params;
+        int const b = item / channels;
+        int const d = item % channels;
+        float w[max_conv_width];
+        float window[max_conv_width];  // window[k] = x̃ at l + k; the newest input goes in last
+        for (int k = 0; k < width; ++k) w[k] = to_float(q.weight(d, k));
+        for (int k = 0; k + 1 < width; ++k) window[k] = has_initial ? to_float(q.initial_state(b, d, k)) : 0.0f;
+        float const beta = has_bias ? to_float(q.bias(d)) : 0.0f;
+        for (int l = 0; l < length; ++l) {
+          window[width - 1] = to_float(q.x(b, d, l));
+          float acc = beta;
+          for (int k = 0; k < width; ++k) acc += w[k] * window[k];
+          q.out(b, d, l) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
+          for (int k = 0; k + 1 < width; ++k) window[k] = window[k + 1];
+        }
+        if (has_final)
+          for (int k = 0; k + 1 < width; ++k) q.final_state(b, d, k) = from_float<T>(window[k]);
+      });
+}
+
+/// \brief The portable Kokkos path of one streaming step: one work item per (batch, channel)
+/// (asynchronous).
+///
+/// The body of the primary `causal_conv1d_backend`; callable on any execution space, so that the
+/// tests can run it where another backend takes over.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the kernel runs on.
+/// \param p the checked tensors and flags: `x`, `out` (B, D); `state` (B, D, W-1), updated in place;
+///          `weight` (D, W); `bias` (D).
+/// \param s their sizes, as returned by the shape check (L = 1).
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void causal_conv1d_update_portable(ExecSpace const& space, causal_conv1d_update_params<T, Wt, MemSpace> const& p,
+                                   conv_shape const& s) {
+  int const channels = static_cast<int>(s.channels);
+  int const width = static_cast<int>(s.width);
+  bool const has_bias = given(p.bias);
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::causal_conv1d_update::kokkos",
+      Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
+      KOKKOS_LAMBDA(int const item) {
+        auto const& q = params;
+        int const b = item / channels;
+        int const d = item % channels;
+        float acc = has_bias ? to_float(q.bias(d)) : 0.0f;
+        for (int k = 0; k + 1 < width; ++k) acc += to_float(q.weight(d, k)) * to_float(q.state(b, d, k));
+        T const x = q.x(b, d);
+        acc += to_float(q.weight(d, width - 1)) * to_float(x);
+        q.out(b, d) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
+        for (int k = 0; k + 2 < width; ++k) q.state(b, d, k) = q.state(b, d, k + 1);
+        if (width > 1) q.state(b, d, width - 2) = x;
+      });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of the causal conv1d runs on an execution space; the primary
+/// template is the portable Kokkos path (`detail::causal_conv1d_portable` and
+/// `detail::causal_conv1d_update_portable`).
+///
+/// Specialise it for an execution space to plug in another kernel (`ssm/conv/cuda/causal_conv1d.cuh`
+/// does for `Kokkos::Cuda`). `ssm::causal_conv1d` calls `run` only after checking the shapes and
+/// with B, D > 0.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct causal_conv1d_backend {
@@ -180,36 +266,11 @@ struct causal_conv1d_backend {
   /// \tparam Wt weight storage type (same choices).
   /// \tparam MemSpace the memory space of every tensor.
   /// \param space the execution space instance the kernel runs on.
-  /// \param p the checked tensors and flags.
+  /// \param p the checked tensors and flags (see `causal_conv1d_params` for the shapes).
   /// \param s their sizes, as returned by the shape check.
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, causal_conv1d_params<T, Wt, MemSpace> const& p, conv_shape const& s) {
-    int const channels = static_cast<int>(s.channels);
-    int const length = static_cast<int>(s.length);
-    int const width = static_cast<int>(s.width);
-    bool const has_bias = given(p.bias), has_initial = given(p.initial_state), has_final = given(p.final_state);
-    auto const params = p;
-    Kokkos::parallel_for(
-        "ssm::causal_conv1d::kokkos", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
-        KOKKOS_LAMBDA(int const item) {
-          auto const& q = params;
-          int const b = item / channels;
-          int const d = item % channels;
-          float w[max_conv_width];
-          float window[max_conv_width];  // window[k] = x̃ at l + k; the newest input goes in last
-          for (int k = 0; k < width; ++k) w[k] = to_float(q.weight(d, k));
-          for (int k = 0; k + 1 < width; ++k) window[k] = has_initial ? to_float(q.initial_state(b, d, k)) : 0.0f;
-          float const beta = has_bias ? to_float(q.bias(d)) : 0.0f;
-          for (int l = 0; l < length; ++l) {
-            window[width - 1] = to_float(q.x(b, d, l));
-            float acc = beta;
-            for (int k = 0; k < width; ++k) acc += w[k] * window[k];
-            q.out(b, d, l) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
-            for (int k = 0; k + 1 < width; ++k) window[k] = window[k + 1];
-          }
-          if (has_final)
-            for (int k = 0; k + 1 < width; ++k) q.final_state(b, d, k) = from_float<T>(window[k]);
-        });
+    detail::causal_conv1d_portable(space, p, s);
   }
 
   /// \brief One streaming step on `space` (asynchronous: returns once the work is enqueued).
@@ -217,29 +278,11 @@ struct causal_conv1d_backend {
   /// \tparam Wt weight storage type (same choices).
   /// \tparam MemSpace the memory space of every tensor.
   /// \param space the execution space instance the kernel runs on.
-  /// \param p the checked tensors and flags; `p.state` is updated in place.
+  /// \param p the checked tensors and flags (see `causal_conv1d_update_params`); `p.state` is updated in place.
   /// \param s their sizes, as returned by the shape check (L = 1).
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, causal_conv1d_update_params<T, Wt, MemSpace> const& p, conv_shape const& s) {
-    int const channels = static_cast<int>(s.channels);
-    int const width = static_cast<int>(s.width);
-    bool const has_bias = given(p.bias);
-    auto const params = p;
-    Kokkos::parallel_for(
-        "ssm::causal_conv1d_update::kokkos",
-        Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
-        KOKKOS_LAMBDA(int const item) {
-          auto const& q = params;
-          int const b = item / channels;
-          int const d = item % channels;
-          float acc = has_bias ? to_float(q.bias(d)) : 0.0f;
-          for (int k = 0; k + 1 < width; ++k) acc += to_float(q.weight(d, k)) * to_float(q.state(b, d, k));
-          T const x = q.x(b, d);
-          acc += to_float(q.weight(d, width - 1)) * to_float(x);
-          q.out(b, d) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
-          for (int k = 0; k + 2 < width; ++k) q.state(b, d, k) = q.state(b, d, k + 1);
-          if (width > 1) q.state(b, d, width - 2) = x;
-        });
+    detail::causal_conv1d_update_portable(space, p, s);
   }
 };
 
@@ -284,3 +327,7 @@ void causal_conv1d_update(ExecSpace const& space, causal_conv1d_update_params<T,
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/conv/cuda/causal_conv1d.cuh>
+#endif

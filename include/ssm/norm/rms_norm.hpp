@@ -89,11 +89,59 @@ void rms_norm(rms_norm_params<T, Wt, MemSpace> const& p) {
 
 }  // namespace reference
 
-/// \brief Which implementation of RMSNorm runs on an execution space; the primary template is
-/// the portable Kokkos path: one team per row, the sum of squares reduced across the team.
+namespace detail {
+
+/// \brief The portable Kokkos path of RMSNorm: one team per row, the sum of squares reduced across
+/// the team (asynchronous).
 ///
-/// Specialise it for an execution space to plug in another kernel. `ssm::rms_norm` calls `run`
-/// only after checking the shapes and with M > 0.
+/// The body of the primary `rms_norm_backend`; callable on any execution space, so that the tests
+/// can run it where another backend takes over.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
+/// \tparam Wt weight storage type (same choices).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the kernel runs on.
+/// \param p the checked tensors and \f$\epsilon\f$: `x`, `residual`, `out`, `residual_out` (M, E);
+///          `weight` (E).
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void rms_norm_portable(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
+  using team_policy = Kokkos::TeamPolicy<ExecSpace>;
+  using member = typename team_policy::member_type;
+  int const features = static_cast<int>(p.x.extent(1));
+  bool const has_residual = given(p.residual), has_residual_out = given(p.residual_out);
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::rms_norm::kokkos", team_policy(space, static_cast<int>(p.x.extent(0)), Kokkos::AUTO),
+      KOKKOS_LAMBDA(member const& team) {
+        auto const& q = params;
+        int const m = team.league_rank();
+        float sum_squares = 0.0f;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(team, features),
+            [&](int const e, float& partial) {
+              float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+              partial += r * r;
+            },
+            sum_squares);
+        float const inv_rms = 1.0f / compat::sqrt(sum_squares / static_cast<float>(features) + q.eps);
+        // every reader of the residual is done before any writer (they may alias)
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, features), [&](int const e) {
+          float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+          if (has_residual_out) q.residual_out(m, e) = r;
+          q.out(m, e) = from_float<T>(r * inv_rms * to_float(q.weight(e)));
+        });
+      });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of RMSNorm runs on an execution space; the primary template is
+/// the portable Kokkos path (`detail::rms_norm_portable`).
+///
+/// Specialise it for an execution space to plug in another kernel (`ssm/norm/cuda/rms_norm.cuh`
+/// does for `Kokkos::Cuda`). `ssm::rms_norm` calls `run` only after checking the shapes and with
+/// M > 0.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct rms_norm_backend {
@@ -102,36 +150,10 @@ struct rms_norm_backend {
   /// \tparam Wt weight storage type (same choices).
   /// \tparam MemSpace the memory space of every tensor.
   /// \param space the execution space instance the kernel runs on.
-  /// \param p the checked tensors and \f$\epsilon\f$.
+  /// \param p the checked tensors and \f$\epsilon\f$ (see `rms_norm_params` for the shapes).
   template <class T, class Wt, class MemSpace>
   static void run(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
-    using team_policy = Kokkos::TeamPolicy<ExecSpace>;
-    using member = typename team_policy::member_type;
-    int const features = static_cast<int>(p.x.extent(1));
-    bool const has_residual = given(p.residual), has_residual_out = given(p.residual_out);
-    auto const params = p;
-    Kokkos::parallel_for(
-        "ssm::rms_norm::kokkos", team_policy(space, static_cast<int>(p.x.extent(0)), Kokkos::AUTO),
-        KOKKOS_LAMBDA(member const& team) {
-          auto const& q = params;
-          int const m = team.league_rank();
-          float sum_squares = 0.0f;
-          Kokkos::parallel_reduce(
-              Kokkos::TeamThreadRange(team, features),
-              [&](int const e, float& partial) {
-                float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
-                partial += r * r;
-              },
-              sum_squares);
-          float const inv_rms = 1.0f / compat::sqrt(sum_squares / static_cast<float>(features) + q.eps);
-          // every reader of the residual is done before any writer (they may alias)
-          team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, features), [&](int const e) {
-            float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
-            if (has_residual_out) q.residual_out(m, e) = r;
-            q.out(m, e) = from_float<T>(r * inv_rms * to_float(q.weight(e)));
-          });
-        });
+    detail::rms_norm_portable(space, p);
   }
 };
 
@@ -156,3 +178,7 @@ void rms_norm(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p)
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/norm/cuda/rms_norm.cuh>
+#endif

@@ -1,0 +1,130 @@
+/// \file
+/// \brief GPU tests of ops that run their portable Kokkos path on Kokkos::Cuda: the embedding lookup
+/// and one decoding step of the selective scan (`selective_state_update`), against their sequential
+/// host references.
+
+#include "catch.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include <ssm/linear/embedding.hpp>
+#include <ssm/scan/state_update.hpp>
+
+#include "cuda_support.hpp"
+#include "scan/scan_case.hpp"
+
+namespace {
+
+namespace gpu = ssm::test::gpu;
+using ssm::test::host1;
+using ssm::test::host2;
+using ssm::test::host3;
+
+template <class T, class Wt>
+struct types {
+  using act = T;
+  using weight = Wt;
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("cuda embedding: rows of the table, widened and rounded like the reference", "[cuda][embedding]",
+                   (types<float, float>), (types<ssm::f16, ssm::f16>), (types<ssm::bf16, ssm::bf16>),
+                   (types<float, ssm::bf16>), (types<ssm::f16, float>)) {
+  using T = typename TestType::act;
+  using Wt = typename TestType::weight;
+  std::size_t const V = 11;
+  for (std::size_t const M : {1, 7, 300})
+    for (std::size_t const E : {1, 5, 2560}) {
+      CAPTURE(M, E);
+      host2<Wt> table("table", V, E);
+      ssm::test::fill_uniform(table, M + E);
+      Kokkos::View<std::int32_t*, Kokkos::LayoutRight, Kokkos::HostSpace> ids("ids", M);
+      for (std::size_t m = 0; m < M; ++m) ids(m) = static_cast<std::int32_t>((7 * m + 3) % V);  // every id, repeats
+      host2<T> expected("expected", M, E);
+      ssm::reference::embedding(ssm::embedding_params<T, Wt, Kokkos::HostSpace>{ids, table, expected});
+      gpu::dev2<T> out("out", M, E);
+      gpu::poison(out);
+      gpu::space space;
+      ssm::embedding(space, ssm::embedding_params<T, Wt, gpu::memory>{gpu::to_device(ids), gpu::to_device(table), out});
+      space.fence();
+      // a copy and one rounding, the same on both sides: exact
+      ssm::test::require_close(gpu::to_host(out), expected, {0.0, 0.0}, "embedding");
+    }
+}
+
+TEST_CASE("cuda embedding: ids outside the vocabulary are refused before anything is read", "[cuda][embedding][errors]") {
+  gpu::dev2<float> table("table", 4, 3), out("out", 2, 3);
+  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, Kokkos::HostSpace> ids("ids", 2);
+  for (std::int32_t const bad : {4, -1}) {
+    ids(0) = 1;
+    ids(1) = bad;
+    REQUIRE_THROWS_WITH(
+        ssm::embedding(gpu::space(), ssm::embedding_params<float, float, gpu::memory>{gpu::to_device(ids), table, out}),
+        Catch::Contains("outside the vocabulary [0, 4)"));
+  }
+}
+
+TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the reference", "[cuda][state_update]",
+                   float, ssm::f16, ssm::bf16) {
+  using T = TestType;
+  using ssm::test::scan_sizes;
+  scan_sizes without_options{2, 19, 3, 16, 1};
+  without_options.has_D = without_options.has_z = without_options.has_bias = without_options.softplus = false;
+  for (scan_sizes const sizes : {scan_sizes{1, 1, 1, 1, 1}, scan_sizes{2, 19, 9, 16, 1}, scan_sizes{3, 12, 5, 7, 4},
+                                 scan_sizes{1, 5, 4, 130, 1}, scan_sizes{2, 300, 3, 16, 1}, without_options}) {
+    INFO(sizes.name());
+    ssm::test::scan_case<T> steps(sizes, 21);  // its u, delta, z, B, C are (B, D, L) / (B, G, N, L)
+    auto const all = Kokkos::ALL;
+
+    // the reference, on the host
+    host3<float> state_expected("state_expected", sizes.batch, sizes.channels, sizes.state);
+    host3<T> out_expected("out_expected", sizes.batch, sizes.channels, sizes.length);
+    Kokkos::deep_copy(state_expected, steps.initial_state);
+    auto step = [&](auto const& state, auto const& x, auto const& dt, auto const& A, auto const& B, auto const& C,
+                    auto const& D, auto const& z, auto const& bias, auto const& out, std::size_t l) {
+      using memory = typename std::decay_t<decltype(state)>::memory_space;
+      ssm::selective_state_update_params<T, memory> p;
+      p.state = state;
+      p.x = Kokkos::subview(x, all, all, l);
+      p.dt = Kokkos::subview(dt, all, all, l);
+      p.A = A;
+      p.B = Kokkos::subview(B, all, all, all, l);
+      p.C = Kokkos::subview(C, all, all, all, l);
+      if (sizes.has_D) p.D = D;
+      if (sizes.has_z) p.z = Kokkos::subview(z, all, all, l);
+      if (sizes.has_bias) p.dt_bias = bias;
+      p.dt_softplus = sizes.softplus;
+      p.out = Kokkos::subview(out, all, all, l);
+      return p;
+    };
+    for (std::size_t l = 0; l < sizes.length; ++l)
+      ssm::reference::selective_state_update(step(state_expected, steps.u, steps.delta, steps.A, steps.B, steps.C,
+                                                  steps.D, steps.z, steps.delta_bias, out_expected, l));
+
+    // the portable Kokkos path, on the GPU
+    auto const state = gpu::to_device(steps.initial_state);
+    auto const u = gpu::to_device(steps.u), delta = gpu::to_device(steps.delta), z = gpu::to_device(steps.z);
+    auto const A = gpu::to_device(steps.A);
+    auto const D = gpu::to_device(steps.D), bias = gpu::to_device(steps.delta_bias);
+    auto const B = gpu::to_device(steps.B), C = gpu::to_device(steps.C);
+    gpu::dev3<T> out("out", sizes.batch, sizes.channels, sizes.length);
+    gpu::poison(out);
+    gpu::space space;
+    for (std::size_t l = 0; l < sizes.length; ++l)
+      ssm::selective_state_update(space, step(state, u, delta, A, B, C, D, z, bias, out, l));
+    space.fence();
+
+    // Two fp32 evaluations of the same recurrence (the GPU with fast_exp, fast_softplus, fast_silu
+    // and FMAs): the outputs are sums of N products along L steps, rounded once to T; the state
+    // sums L N terms in fp32. The bounds of the host test of the state update.
+    ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
+                             "out");
+    ssm::test::require_close(gpu::to_host(state), state_expected,
+                             ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
+                                                                 ssm::test::max_abs(state_expected)),
+                             "state");
+  }
+}
