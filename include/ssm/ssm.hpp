@@ -6,6 +6,7 @@
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
+#include <ssm/core/graph.hpp>
 #include <ssm/core/math.hpp>
 #include <ssm/core/views.hpp>
 

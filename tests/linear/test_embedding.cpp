@@ -1,4 +1,5 @@
 // The embedding lookup against its reference and by hand, and its refusal of bad ids.
+#include <cmath>
 #include <cstdint>
 
 #include <ssm/linear/embedding.hpp>
@@ -38,4 +39,21 @@ TEST_CASE("embedding: ids outside the vocabulary are refused before anything is 
   host2<float> wrong("wrong", 2, 4);
   ids(1) = 0;
   REQUIRE_THROWS_WITH(embedding(space(), embedding_params<float, float, memory>{ids, table, wrong}), Catch::Contains("out must be"));
+}
+
+TEST_CASE("embedding: unchecked ids outside the vocabulary read nothing and give NaN rows", "[embedding][errors]") {
+  host2<float> table("table", 4, 3), out("out", 3, 3);
+  fill_uniform(table, 3);
+  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, Kokkos::HostSpace> ids("ids", 3);
+  ids(0) = 2;
+  ids(1) = 4;
+  ids(2) = -7;
+  embedding_params<float, float, memory> p{ids, table, out, /*check_ids=*/false};
+  embedding(space(), p);
+  space().fence();
+  for (int e = 0; e < 3; ++e) {
+    REQUIRE(out(0, e) == table(2, e));
+    REQUIRE(std::isnan(out(1, e)));
+    REQUIRE(std::isnan(out(2, e)));
+  }
 }

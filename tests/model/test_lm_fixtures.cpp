@@ -22,20 +22,13 @@
 #include <ssm/model/scoring.hpp>
 
 #include "catch.hpp"
+#include "model/transformers_fixtures.hpp"
 #include "support.hpp"
 
 using namespace ssm;
 using namespace ssm::test;
 
 namespace {
-
-std::string const fixtures = std::string(SSM_FIXTURE_DIR) + "/lm";
-
-nlohmann::json expected_of(std::string const& name) {
-  std::ifstream in(fixtures + "/" + name + "/expected.json");
-  REQUIRE(in.good());
-  return nlohmann::json::parse(in);
-}
 
 /// The stdout of a command, and its exit status.
 std::pair<std::string, int> run(std::string const& command) {
@@ -57,49 +50,28 @@ std::string join(std::vector<std::int32_t> const& ids) {
   return s;
 }
 
-template <class Wt>
-void check_model(std::string const& name) {
-  auto const expected = expected_of(name);
-  mamba_lm<space, float, Wt> const model(load_checkpoint<Wt, memory>(fixtures + "/" + name));
-  for (auto const& c : expected.at("cases")) {
-    auto const ids = c.at("ids").get<std::vector<std::int32_t>>();
-    INFO(name << ": case of " << ids.size() << " tokens");
-    auto const s = score_tokens(model, std::span<std::int32_t const>(ids));
-    auto const logprob = c.at("next_token_logprob").get<std::vector<double>>();
-    REQUIRE(s.next_token_logprob.size() == logprob.size());
-    for (std::size_t i = 0; i < logprob.size(); ++i) REQUIRE(std::abs(s.next_token_logprob[i] - logprob[i]) <= 2e-3);
-    REQUIRE(s.argmax == c.at("argmax").get<std::vector<std::int32_t>>());
-  }
-  for (auto const& g : expected.at("greedy")) {
-    auto const prompt = g.at("prompt").get<std::vector<std::int32_t>>();
-    auto const continuation = g.at("continuation").get<std::vector<std::int32_t>>();
-    INFO(name << ": greedy from a prompt of " << prompt.size() << " tokens");
-    REQUIRE(generate_greedy(model, std::span<std::int32_t const>(prompt), continuation.size()) == continuation);
-  }
-}
-
 }  // namespace
 
 TEST_CASE("transformers fixtures: HF safetensors, fp32, tied embeddings", "[lm][transformers]") {
-  check_model<float>("hf_f32_tied");
+  check_against_transformers<space, float, float>("hf_f32_tied");
 }
 
 TEST_CASE("transformers fixtures: mamba_ssm config and pytorch_model.bin, fp16", "[lm][transformers]") {
-  check_model<f16>("mamba_ssm_f16");
-  check_model<float>("mamba_ssm_f16");  // widened on load: the same values
+  check_against_transformers<space, float, f16>("mamba_ssm_f16");
+  check_against_transformers<space, float, float>("mamba_ssm_f16");  // widened on load: the same values
 }
 
 TEST_CASE("transformers fixtures: sharded bf16 safetensors, untied head", "[lm][transformers]") {
-  check_model<bf16>("hf_bf16_sharded");
+  check_against_transformers<space, float, bf16>("hf_bf16_sharded");
 }
 
 TEST_CASE("the ssm command scores and generates as transformers does", "[lm][cli][transformers]") {
   for (std::string const name : {"hf_f32_tied", "mamba_ssm_f16", "hf_bf16_sharded"}) {
     auto const expected = expected_of(name);
-    std::string const model = fixtures + "/" + name;
+    std::string const model = lm_fixtures + "/" + name;
     auto const& c = expected.at("cases").back();
     auto const ids = c.at("ids").get<std::vector<std::int32_t>>();
-    auto const [score_out, score_status] = run(std::string(SSM_CLI) + " score -m " + model + " --ids " + join(ids) + " --json");
+    auto const [score_out, score_status] = run(std::string(SSM_CLI) + " score -m " + model + " --ids " + join(ids) + " --act f32 --json");
     INFO(name << ": " << score_out);
     REQUIRE(score_status == 0);
     auto const j = nlohmann::json::parse(score_out);
@@ -112,27 +84,27 @@ TEST_CASE("the ssm command scores and generates as transformers does", "[lm][cli
     auto const& g = expected.at("greedy").back();
     auto const prompt = g.at("prompt").get<std::vector<std::int32_t>>();
     auto const [gen_out, gen_status] =
-        run(std::string(SSM_CLI) + " generate -m " + model + " --ids " + join(prompt) + " -n 24 --temp 0 --json 2>/dev/null");
+        run(std::string(SSM_CLI) + " generate -m " + model + " --ids " + join(prompt) + " -n 24 --temp 0 --act f32 --json 2>/dev/null");
     REQUIRE(gen_status == 0);
     REQUIRE(nlohmann::json::parse(gen_out).at("ids") == g.at("continuation"));
   }
 }
 
 TEST_CASE("the ssm command refuses bad input with one clear line and a non-zero exit", "[cli][errors]") {
-  auto const [out1, status1] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/does-not-exist --ids 1,2 2>&1");
+  auto const [out1, status1] = run(std::string(SSM_CLI) + " score -m " + lm_fixtures + "/does-not-exist --ids 1,2 2>&1");
   REQUIRE(status1 != 0);
   REQUIRE(out1.find("does-not-exist") != std::string::npos);
-  auto const [out2, status2] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/hf_f32_tied --ids 1,x 2>&1");
+  auto const [out2, status2] = run(std::string(SSM_CLI) + " score -m " + lm_fixtures + "/hf_f32_tied --ids 1,x 2>&1");
   REQUIRE(status2 != 0);
   REQUIRE(out2.find("'x' is not a token id") != std::string::npos);
-  auto const [out3, status3] = run(std::string(SSM_CLI) + " score -m " + fixtures + "/hf_f32_tied --ids 1,100000 2>&1");
+  auto const [out3, status3] = run(std::string(SSM_CLI) + " score -m " + lm_fixtures + "/hf_f32_tied --ids 1,100000 2>&1");
   REQUIRE(status3 != 0);
   REQUIRE(out3.find("outside the vocabulary") != std::string::npos);
 }
 
 TEST_CASE("ssm convert writes safetensors that score exactly as the pytorch_model.bin they came from", "[lm][cli]") {
   namespace fs = std::filesystem;
-  std::string const source = fixtures + "/mamba_ssm_f16";
+  std::string const source = lm_fixtures + "/mamba_ssm_f16";
   fs::path const out = fs::temp_directory_path() / ("ssm-convert-" + std::to_string(::getpid()));
   auto const [convert_out, convert_status] = run(std::string(SSM_CLI) + " convert -m " + source + " -o " + out.string() + " 2>&1");
   INFO(convert_out);

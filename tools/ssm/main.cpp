@@ -15,6 +15,7 @@
 // the file and the problem, and a non-zero exit.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -22,8 +23,9 @@
 #include <iostream>
 #include <map>
 #include <sstream>
-#include <string>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
@@ -116,10 +118,10 @@ std::function<void(std::size_t, std::size_t)> progress_bar(std::string const& wh
   };
 }
 
-template <class Wt>
-ssm::mamba_lm<space, float, Wt> load_model(std::string const& dir) {
+template <class Wt, class T>
+ssm::mamba_lm<space, T, Wt> load_model(std::string const& dir) {
   auto weights = ssm::load_checkpoint<Wt, memory>(dir, progress_bar("loading " + dir));
-  return ssm::mamba_lm<space, float, Wt>(std::move(weights));
+  return ssm::mamba_lm<space, T, Wt>(std::move(weights));
 }
 
 /// Run `body` with the model's weights in the storage type the user picked.
@@ -131,15 +133,30 @@ int with_dtype(std::string const& dtype, Body&& body) {
   throw ssm::error("unknown dtype '" + dtype + "' (f32, f16, bf16)");
 }
 
+/// Whether the model runs on the host (activations default to fp32 there) or on a GPU (where they
+/// default to the weights' type, which the tensor cores and cuBLASLt need).
+constexpr bool on_host = std::is_same_v<memory, Kokkos::HostSpace>;
+
+/// Run `body(weight tag, activation tag)`: weights as `dtype` says; activations fp32 (`f32`), the
+/// weights' type (`weights`), or by default fp32 on the host and the weights' type on a GPU.
+template <class Body>
+int with_types(std::string const& dtype, std::string const& activations, Body&& body) {
+  return with_dtype(dtype, [&](auto wt) {
+    if (activations == "f32" || (activations == "auto" && on_host)) return body(wt, float{});
+    if (activations == "weights" || activations == "auto") return body(wt, wt);
+    throw ssm::error("unknown activation type '" + activations + "' (auto, f32, weights)");
+  });
+}
+
 void print_json_array(std::ostream& out, auto const& values) {
   out << '[';
   for (std::size_t i = 0; i < values.size(); ++i) out << (i ? "," : "") << values[i];
   out << ']';
 }
 
-int cmd_score(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& ids, bool json) {
-  return with_dtype(dtype, [&](auto wt) {
-    auto const model = load_model<decltype(wt)>(dir);
+int cmd_score(std::string const& dir, std::string const& dtype, std::string const& activations, std::vector<std::int32_t> const& ids, bool json) {
+  return with_types(dtype, activations, [&](auto wt, auto t) {
+    auto const model = load_model<decltype(wt), decltype(t)>(dir);
     auto const s = ssm::score_tokens(model, std::span<std::int32_t const>(ids));
     if (json) {
       nlohmann::json j;
@@ -157,9 +174,9 @@ int cmd_score(std::string const& dir, std::string const& dtype, std::vector<std:
   });
 }
 
-int cmd_perplexity(std::string const& dir, std::string const& dtype, std::vector<std::int32_t> const& ids, std::size_t chunk) {
-  return with_dtype(dtype, [&](auto wt) {
-    auto const model = load_model<decltype(wt)>(dir);
+int cmd_perplexity(std::string const& dir, std::string const& dtype, std::string const& activations, std::vector<std::int32_t> const& ids, std::size_t chunk) {
+  return with_types(dtype, activations, [&](auto wt, auto t) {
+    auto const model = load_model<decltype(wt), decltype(t)>(dir);
     auto const start = clock_type::now();
     auto const s = ssm::score_tokens(model, std::span<std::int32_t const>(ids), chunk);
     double const elapsed = ms_since(start);
@@ -172,15 +189,15 @@ int cmd_perplexity(std::string const& dir, std::string const& dtype, std::vector
   });
 }
 
-int cmd_generate(std::string const& dir, std::string const& dtype, std::string const& ids_text, std::string const& text,
+int cmd_generate(std::string const& dir, std::string const& dtype, std::string const& activations, std::string const& ids_text, std::string const& text,
                  ssm::generation_options options, bool json) {
   std::optional<ssm::text::tokenizer> tokenizer;
   if (!text.empty() || fs::exists(fs::path(dir) / "tokenizer.json")) tokenizer = load_tokenizer(dir);
   std::vector<std::int32_t> const prompt = text.empty() ? parse_ids(ids_text, "--ids") : tokenizer->encode(text);
   if (prompt.empty()) throw ssm::error("-p: the prompt is empty");
   if (tokenizer && !options.eos) options.eos = tokenizer->eos_id();
-  return with_dtype(dtype, [&](auto wt) {
-    auto const model = load_model<decltype(wt)>(dir);
+  return with_types(dtype, activations, [&](auto wt, auto t) {
+    auto const model = load_model<decltype(wt), decltype(t)>(dir);
     auto const start = clock_type::now();
     clock_type::time_point first_token;
     std::size_t produced = 0;
@@ -316,23 +333,46 @@ int cmd_convert(std::string const& dir, std::string const& out) {
   return 0;
 }
 
-/// STREAM triad a = b + s c over three arrays of 64 MB in the model's memory space: the memory
-/// bandwidth a decode step can hope for, measured in the same run (median of 5, bytes of 3 arrays).
+/// STREAM triad a = b + s c over three arrays in the model's memory space (64 MB each on the host,
+/// 256 MB on a GPU, so that one pass outlasts a launch many times): the memory bandwidth a decode
+/// step can hope for, measured in the same run (median of repeats, bytes of the 3 arrays).
 double triad_gigabytes_per_second() {
-  std::size_t const n = std::size_t{1} << 24;
+  std::size_t const n = std::size_t{1} << (on_host ? 24 : 26);
   Kokkos::View<float*, memory> a("triad::a", n), b("triad::b", n), c("triad::c", n);
   Kokkos::deep_copy(b, 1.0f);
   Kokkos::deep_copy(c, 2.0f);
   std::vector<double> seconds;
-  for (int repeat = 0; repeat < 6; ++repeat) {
+  for (int repeat = 0; repeat < 12; ++repeat) {
     auto const start = clock_type::now();
     Kokkos::parallel_for("ssm::bench::triad", Kokkos::RangePolicy<space>(0, n),
                          KOKKOS_LAMBDA(std::size_t const i) { a(i) = b(i) + 3.0f * c(i); });
     space().fence();
-    if (repeat > 0) seconds.push_back(ms_since(start) / 1000.0);
+    if (repeat > 1) seconds.push_back(ms_since(start) / 1000.0);
   }
   std::sort(seconds.begin(), seconds.end());
   return 3.0 * 4.0 * static_cast<double>(n) / seconds[seconds.size() / 2] / 1e9;
+}
+
+/// The rate of `ssm::linear` itself on a large square product in storage type T (4096 on a GPU,
+/// 1024 on the host): the arithmetic a prefill can hope for, measured in the same run.
+template <class T>
+double gemm_gigaflops() {
+  std::size_t const n = on_host ? 1024 : 4096;
+  Kokkos::View<T**, Kokkos::LayoutRight, memory> x("gemm::x", n, n), w("gemm::w", n, n), y("gemm::y", n, n);
+  auto h = Kokkos::create_mirror_view(x);
+  for (std::size_t i = 0; i < h.span(); ++i) h.data()[i] = ssm::from_float<T>(static_cast<float>(i % 17) / 17.0f - 0.5f);
+  Kokkos::deep_copy(x, h);
+  Kokkos::deep_copy(w, h);
+  ssm::linear_params<T, T, memory> p{x, w, {}, y};
+  std::vector<double> seconds;
+  for (int repeat = 0; repeat < 7; ++repeat) {
+    auto const start = clock_type::now();
+    ssm::linear(space(), p);
+    space().fence();
+    if (repeat > 1) seconds.push_back(ms_since(start) / 1000.0);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 2.0 * std::pow(static_cast<double>(n), 3) / seconds[seconds.size() / 2] / 1e9;
 }
 
 /// Bytes of weights one decoding step reads: every layer, the final norm and the head.
@@ -344,15 +384,23 @@ double decode_weight_bytes(ssm::model_config const& c) {
   return c.n_layer * (stored * sizeof(Wt) + fp32 * 4) + (E + static_cast<double>(c.padded_vocab_size) * E) * sizeof(Wt);
 }
 
+/// Floating-point operations of the dense layers per prompt token (2 per multiply-add): what a
+/// prefill's rate is held against. The scan, conv and norms add under 1% at the published shapes.
+double prefill_flops_per_token(ssm::model_config const& c) {
+  double const D = c.d_inner, E = c.d_model, N = c.d_state, R = c.dt_rank;
+  return 2.0 * c.n_layer * (2 * D * E + (R + 2 * N) * D + D * R + E * D);
+}
+
 struct bench_row {
   std::string test;
   std::size_t batch, tokens;
   double ms, tokens_per_second;
 };
 
-template <class Wt>
-std::vector<bench_row> run_bench(ssm::mamba_lm<space, float, Wt> const& model, std::size_t prompt, std::size_t n,
+template <class Model>
+std::vector<bench_row> run_bench(Model const& model, std::size_t prompt, std::size_t n,
                                  std::vector<std::size_t> const& batches) {
+  using T = typename std::remove_cvref_t<decltype(model)>::activation_type;
   std::vector<bench_row> rows;
   std::size_t const V = model.vocab();
   for (std::size_t B : batches) {
@@ -360,26 +408,40 @@ std::vector<bench_row> run_bench(ssm::mamba_lm<space, float, Wt> const& model, s
     auto h_ids = Kokkos::create_mirror_view(ids);
     for (std::size_t i = 0; i < h_ids.span(); ++i) h_ids.data()[i] = static_cast<std::int32_t>((i * 7919) % model.config().vocab_size);
     Kokkos::deep_copy(ids, h_ids);
-    Kokkos::View<float***, Kokkos::LayoutRight, memory> last("last", B, 1, V);
+    Kokkos::View<T***, Kokkos::LayoutRight, memory> last("last", B, 1, V);
     if (prompt > 0) {
       auto cache = model.make_cache(static_cast<int>(B));
       model.forward(space(), ids, last, &cache);  // warm-up
       space().fence();
-      auto const start = clock_type::now();
-      cache = model.make_cache(static_cast<int>(B));
-      model.forward(space(), ids, last, &cache);
-      space().fence();
-      double const ms = ms_since(start);
+      std::vector<double> runs;
+      for (int repeat = 0; repeat < (on_host ? 1 : 5); ++repeat) {
+        cache = model.make_cache(static_cast<int>(B));
+        auto const start = clock_type::now();
+        model.forward(space(), ids, last, &cache);
+        space().fence();
+        runs.push_back(ms_since(start));
+      }
+      std::sort(runs.begin(), runs.end());
+      double const ms = runs[runs.size() / 2];
       rows.push_back({"pp" + std::to_string(prompt), B, prompt, ms, 1000.0 * static_cast<double>(B * prompt) / ms});
     }
     if (n > 0) {
       auto cache = model.make_cache(static_cast<int>(B));
       Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory> token("token", B);
-      Kokkos::View<float**, Kokkos::LayoutRight, memory> logits("logits", B, V);
-      model.step(space(), token, logits, cache);  // warm-up
+      Kokkos::View<T**, Kokkos::LayoutRight, memory> logits("logits", B, V);
+      // A generation step as `ssm::generate` runs it greedily: the model's step and the choice of
+      // the next tokens on the space, replayed from a graph (one launch per step on a GPU).
+      auto const step = [&] {
+        model.step(space(), token, logits, cache, /*check_ids=*/false);  // argmax_rows chose them
+        ssm::argmax_rows(space(), ssm::view2<const T, memory>(logits), ssm::view1<std::int32_t, memory>(token));
+      };
+      step();  // warm-up: allocates and plans what a step needs
+      ssm::graph<space> decode;
+      decode.record(space(), step);
+      decode.replay();
       space().fence();
       auto const start = clock_type::now();
-      for (std::size_t i = 0; i < n; ++i) model.step(space(), token, logits, cache);
+      for (std::size_t i = 0; i < n; ++i) decode.replay();
       space().fence();
       double const ms = ms_since(start);
       rows.push_back({"tg" + std::to_string(n), B, n, ms, 1000.0 * static_cast<double>(B * n) / ms});
@@ -388,48 +450,60 @@ std::vector<bench_row> run_bench(ssm::mamba_lm<space, float, Wt> const& model, s
   return rows;
 }
 
-int cmd_bench(std::string const& dir, std::string const& preset, std::string const& dtype, std::size_t prompt,
-              std::size_t n, std::string const& batches_text, std::string const& format) {
+int cmd_bench(std::string const& dir, std::string const& preset, std::string const& dtype, std::string const& activations,
+              std::size_t prompt, std::size_t n, std::string const& batches_text, std::string const& format) {
   std::vector<std::size_t> batches;
   for (auto id : parse_ids(batches_text, "-b")) batches.push_back(static_cast<std::size_t>(std::max(1, id)));
-  return with_dtype(dtype, [&](auto wt) {
+  return with_types(dtype, activations, [&](auto wt, auto t) {
     using Wt = decltype(wt);
-    auto const model = dir.empty() ? ssm::mamba_lm<space, float, Wt>([&] {
-      auto host = ssm::random_lm_weights<Wt>(ssm::preset_config(preset), 1);
-      return host;  // host memory is the default space's memory on CPU builds
-    }())
-                                   : load_model<Wt>(dir);
+    using T = decltype(t);
+    auto const model = dir.empty() ? ssm::mamba_lm<space, T, Wt>(ssm::mamba_lm_weights<Wt, memory>::copy_of(
+                                         ssm::random_lm_weights<Wt>(ssm::preset_config(preset), 1)))
+                                   : load_model<Wt, T>(dir);
     auto const rows = run_bench(model, prompt, n, batches);
     std::string const name = dir.empty() ? preset : dir;
+    std::string const types = dtype + (std::is_same_v<T, Wt> ? "" : "/f32");
     int const threads = ssm::compat::concurrency(space());
     double const triad = triad_gigabytes_per_second();
+    double const gemm = gemm_gigaflops<T>();
     double const bytes = decode_weight_bytes<Wt>(model.config());
+    double const flops = prefill_flops_per_token(model.config());
     double const limit = triad * 1e9 / bytes;  // decode tokens/s at batch 1 if weights streamed at triad speed
+    // Achieved rate and fraction of its limit: weights read per second for decoding (the weights
+    // are read once per step whatever the batch), dense-layer FLOP per second for prefill.
+    auto const achieved = [&](bench_row const& r) {
+      bool const decode = r.test[0] == 't';
+      double const rate = decode ? bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9
+                                 : flops * r.tokens_per_second / 1e9;
+      return std::pair{rate, rate / (decode ? triad : gemm)};
+    };
     if (format == "json") {
-      nlohmann::json j = {{"model", name}, {"dtype", dtype}, {"backend", space::name()}, {"threads", threads},
-                          {"triad_GBps", triad}, {"decode_weight_bytes", bytes}, {"results", nlohmann::json::array()}};
+      nlohmann::json j = {{"model", name}, {"dtype", types}, {"backend", space::name()}, {"threads", threads},
+                          {"triad_GBps", triad}, {"gemm_GFLOPs", gemm}, {"decode_weight_bytes", bytes},
+                          {"prefill_flops_per_token", flops}, {"results", nlohmann::json::array()}};
       for (auto const& r : rows) {
-        nlohmann::json row = {{"test", r.test}, {"batch", r.batch}, {"ms", r.ms}, {"tokens_per_second", r.tokens_per_second}};
-        if (r.test[0] == 't') {
-          row["weights_GBps"] = bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9;
-          row["fraction_of_triad"] = r.tokens_per_second / static_cast<double>(r.batch) / limit;
-        }
+        auto const [rate, fraction] = achieved(r);
+        nlohmann::json row = {{"test", r.test}, {"batch", r.batch}, {"ms", r.ms},
+                              {"ms_per_step", r.ms / static_cast<double>(r.tokens)},
+                              {"tokens_per_second", r.tokens_per_second}, {"fraction_of_limit", fraction}};
+        row[r.test[0] == 't' ? "weights_GBps" : "GFLOPs"] = rate;
         j["results"].push_back(row);
       }
       std::cout << j.dump(2) << "\n";
     } else {
-      std::printf("STREAM triad %.1f GB/s; a decode step reads %.1f MB of weights: limit %.2f tokens/s per sequence\n\n",
+      std::printf("STREAM triad %.1f GB/s; a decode step reads %.1f MB of weights: limit %.2f tokens/s per sequence\n",
                   triad, bytes / 1e6, limit);
-      std::printf("| model | dtype | backend | threads | test | batch | t/s | weights read | of the limit |\n");
-      std::printf("|---|---|---|---:|---|---:|---:|---:|---:|\n");
+      std::printf("ssm::linear %.0f GFLOP/s on a square product; a prompt token costs %.2f GFLOP in dense layers\n\n",
+                  gemm, flops / 1e9);
+      std::printf("| model | dtype | backend | threads | test | batch | t/s | ms per step | achieved | of the limit |\n");
+      std::printf("|---|---|---|---:|---|---:|---:|---:|---:|---:|\n");
       for (auto const& r : rows) {
-        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f |", name.c_str(), dtype.c_str(), space::name(), threads,
-                    r.test.c_str(), r.batch, r.tokens_per_second);
-        if (r.test[0] == 't')
-          std::printf(" %.1f GB/s | %.0f%% |\n", bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9,
-                      100.0 * r.tokens_per_second / static_cast<double>(r.batch) / limit);
-        else
-          std::printf(" | |\n");
+        auto const [rate, fraction] = achieved(r);
+        bool const decode = r.test[0] == 't';
+        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f | %.3f | %.1f %s | %.0f%% |\n", name.c_str(), types.c_str(),
+                    space::name(), threads, r.test.c_str(), r.batch, r.tokens_per_second,
+                    r.ms / static_cast<double>(decode ? r.tokens : 1), decode || on_host ? rate : rate / 1e3,
+                    decode ? "GB/s" : on_host ? "GFLOP/s" : "TFLOP/s", 100.0 * fraction);
       }
     }
     return 0;
@@ -443,7 +517,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int threads = 0;
 
-  std::string dir, dtype = "f32", ids_text, file, out, preset, batches = "1", format = "md";
+  std::string dir, dtype = "f32", activations = "auto", ids_text, file, out, preset, batches = "1", format = "md";
   bool json = false;
   std::size_t n = 16, prompt = 512, chunk = 512;
   std::uint64_t seed = 1;
@@ -516,6 +590,8 @@ int main(int argc, char** argv) {
   convert->add_option("-m,--model", dir, "checkpoint directory holding pytorch_model.bin")->required();
   convert->add_option("-o,--output", out, "directory to write")->required();
 
+  for (auto* command : {score, ppl, gen, bench})
+    command->add_option("--act", activations, "activation storage: auto (f32 on the CPU, the weights' type on a GPU), f32, weights");
   for (auto* command : {score, ppl, gen, bench, make, info, convert, tokenize, detokenize})
     command->add_option("-t,--threads", threads, "host threads (OpenMP builds; 0: Kokkos' default)");
 
@@ -526,17 +602,17 @@ int main(int argc, char** argv) {
     if (score->parsed()) {
       if (ids_text.empty() && file.empty() && score_text.empty()) throw ssm::error("score: give --ids, -f or -p");
       auto const ids = score_text.empty() ? read_ids(ids_text, file) : load_tokenizer(dir).encode(score_text);
-      code = cmd_score(dir, dtype, ids, json);
+      code = cmd_score(dir, dtype, activations, ids, json);
     } else if (ppl->parsed()) {
       bool const text = !ids_file && fs::exists(fs::path(dir) / "tokenizer.json");
       auto const ids = text ? load_tokenizer(dir).encode(read_text_file(file)) : read_ids("", file);
-      code = cmd_perplexity(dir, dtype, ids, chunk);
+      code = cmd_perplexity(dir, dtype, activations, ids, chunk);
     } else if (gen->parsed()) {
       if (ids_text.empty() && prompt_text.empty()) throw ssm::error("generate: give -p TEXT or --ids");
-      code = cmd_generate(dir, dtype, ids_text, prompt_text, generation, json);
+      code = cmd_generate(dir, dtype, activations, ids_text, prompt_text, generation, json);
     } else if (bench->parsed()) {
       if (dir.empty() && preset.empty()) throw ssm::error("bench: give -m DIR or --preset NAME");
-      code = cmd_bench(dir, preset, dtype, prompt, n, batches, format);
+      code = cmd_bench(dir, preset, dtype, activations, prompt, n, batches, format);
     } else if (make->parsed()) {
       code = cmd_make_model(preset, dtype, out, seed);
     } else if (tokenize->parsed()) {

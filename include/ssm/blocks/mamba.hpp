@@ -78,6 +78,25 @@ struct mamba_mixer_weights {
   matrix<Wt> out_proj_weight;   ///< (E, D)
   vector<Wt> out_proj_bias;     ///< (E); only when `bias`
 
+  /// \brief Copy every tensor of `from`, weights of the same sizes held in any memory space
+  /// (host weights to a GPU, say), into these (synchronous).
+  /// \tparam Src the memory space of `from`.
+  /// \param from the weights to copy; absent biases stay absent.
+  template <class Src>
+  void copy_from(mamba_mixer_weights<Wt, Src> const& from) const {
+    Kokkos::deep_copy(in_proj_weight, from.in_proj_weight);
+    Kokkos::deep_copy(in_proj_bias, from.in_proj_bias);
+    Kokkos::deep_copy(conv1d_weight, from.conv1d_weight);
+    Kokkos::deep_copy(conv1d_bias, from.conv1d_bias);
+    Kokkos::deep_copy(x_proj_weight, from.x_proj_weight);
+    Kokkos::deep_copy(dt_proj_weight, from.dt_proj_weight);
+    Kokkos::deep_copy(dt_proj_bias, from.dt_proj_bias);
+    Kokkos::deep_copy(A, from.A);
+    Kokkos::deep_copy(D, from.D);
+    Kokkos::deep_copy(out_proj_weight, from.out_proj_weight);
+    Kokkos::deep_copy(out_proj_bias, from.out_proj_bias);
+  }
+
   /// \brief Allocate (zero-filled, labelled) weights of the shapes `c` gives.
   ///
   /// Optional biases are allocated only when `c.bias` / `c.conv_bias` ask for them.
@@ -122,6 +141,36 @@ struct mamba_state {
     return {Kokkos::View<T***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::conv", batch, c.d_inner, c.d_conv - 1),
             Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>("ssm::mamba_state::ssm", batch, c.d_inner, c.d_state)};
   }
+};
+
+/// \brief The middle of a decoding step of a mixer, between in_proj and out_proj: what a backend
+/// may fuse into few kernels.
+///
+/// conv update and SiLU, x_proj, dt_proj, softplus, the state update and the gate, for one token
+/// of each of B sequences. Every tensor is contiguous.
+/// \tparam T activation storage type. \tparam Wt weight storage type.
+/// \tparam MemSpace the memory space of every tensor.
+template <class T, class Wt, class MemSpace>
+struct mamba_step_params {
+  T const* xz;                                    ///< (B, 2D) in_proj's output: u, then the gate z
+  T* conv_state;                                  ///< (B, D, W-1) updated in place
+  float* ssm_state;                               ///< (B, D, N) updated in place
+  T* xc;                                          ///< (B, D) out: the conv's output (the scan's u)
+  mamba_mixer_weights<Wt, MemSpace> const* weights;  ///< conv1d, x_proj, dt_proj, A and D
+  T* y;                                           ///< (B, D) out: the gated scan output
+  float* workspace;                               ///< the backend's `workspace_floats` floats, zeroed once
+  int batch;                                      ///< B
+};
+
+/// \brief Whether an execution space fuses the middle of a decoding step (`mamba_step_params`).
+///
+/// The primary template does not: the mixer runs `causal_conv1d_update`, two `linear` layers and
+/// `selective_state_update`, each portable. A backend that fuses specialises it with `fused =
+/// true`, `workspace_floats(config, batch)` and `run(space, config, params)`.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+struct mamba_step_backend {
+  static constexpr bool fused = false;  ///< the step runs op by op
 };
 
 /// \brief The Mamba-1 mixer: `forward` over sequences and `step` for one token.
@@ -244,19 +293,42 @@ class mamba_mixer {
     std::size_t const B = hidden.extent(0);
     check_tokens(fn, hidden.extent(1), out.extent(0) == B && out.extent(1) == hidden.extent(1));
     check_state(fn, state, B);
-    std::size_t const D = config_.d_inner, N = config_.d_state, R = config_.dt_rank;
-    std::size_t const xw = R + 2 * N;
+    std::size_t const D = config_.d_inner;
     if (B == 0) return;
     reserve(B);
     T* xz = scratch_.xz.data();
     T* xc = scratch_.xc.data();
-    T* xdbl = scratch_.x_dbl.data();
-    T* dt = scratch_.dt.data();
     T* y = scratch_.y.data();
 
     using M_ = memory_space;
     linear(space, linear_params<T, Wt, M_>{hidden, weights_.in_proj_weight, weights_.in_proj_bias,
                                            strided<T, M_>(xz, B, 2 * D, 2 * D, 1)});
+    if constexpr (mamba_step_backend<ExecSpace>::fused) {
+      std::size_t const floats = mamba_step_backend<ExecSpace>::workspace_floats(config_, B);
+      if (scratch_.workspace.extent(0) < floats)  // zero-filled: the backend keeps it so between steps
+        scratch_.workspace = Kokkos::View<float*, memory_space>("ssm::mamba_mixer::workspace", floats);
+      mamba_step_backend<ExecSpace>::run(
+          space, config_,
+          mamba_step_params<T, Wt, M_>{xz, state.conv.data(), state.ssm.data(), xc, &weights_, y,
+                                       scratch_.workspace.data(), static_cast<int>(B)});
+    } else {
+      step_op_by_op(space, B, state);
+    }
+    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1), weights_.out_proj_weight,
+                                           weights_.out_proj_bias, out});
+  }
+
+ private:
+  /// \brief The middle of `step` (see `mamba_step_params`) as portable ops, one after another.
+  void step_op_by_op(ExecSpace const& space, std::size_t B, state_type& state) const {
+    std::size_t const D = config_.d_inner, N = config_.d_state, R = config_.dt_rank;
+    std::size_t const xw = R + 2 * N;
+    T* xz = scratch_.xz.data();
+    T* xc = scratch_.xc.data();
+    T* xdbl = scratch_.x_dbl.data();
+    T* dt = scratch_.dt.data();
+    T* y = scratch_.y.data();
+    using M_ = memory_space;
     causal_conv1d_update_params<T, Wt, M_> conv;
     conv.x = strided<const T, M_>(xz, B, 2 * D, D, 1);
     conv.state = state.conv;
@@ -282,11 +354,8 @@ class mamba_mixer {
     update.dt_softplus = true;
     update.out = strided<T, M_>(y, B, D, D, 1);
     selective_state_update(space, update);
-    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1), weights_.out_proj_weight,
-                                           weights_.out_proj_bias, out});
   }
 
- private:
   /// \brief B or C, columns [offset, offset + N) of x_proj's output (B*L, R+2N), as (B, 1, N, L).
   view4<const T, memory_space> group_view(T const* first, std::size_t B, std::size_t L, std::size_t xw) const {
     std::size_t const N = config_.d_state;
@@ -364,6 +433,7 @@ class mamba_mixer {
     tensor2<T> x_dbl;        ///< (M, R + 2N) x_proj output: dt_low, B, C
     tensor2<T> dt;           ///< (M, D) dt_proj output
     tensor2<T> y;            ///< (M, D) gated scan output
+    Kokkos::View<float*, memory_space> workspace;  ///< a fused decoding step's (`mamba_step_backend`)
   };
 
   mamba_config config_;
@@ -469,3 +539,7 @@ class mamba_block {
 };
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/blocks/cuda/mamba_step.cuh>
+#endif

@@ -3,10 +3,13 @@
 /// \brief Embedding lookup: one row of a (V, E) table per token id.
 ///
 /// \f$\mathrm{out}_{m,e} = W_{\mathrm{id}_m, e}\f$, widened from the table's storage type and
-/// rounded to the activations'. Ids outside [0, V) are refused before anything is read.
+/// rounded to the activations'. Ids outside [0, V) are refused before anything is read, unless the
+/// caller vouches for them (`check_ids = false`: ids chosen on the device, in a recorded graph);
+/// even then such an id reads nothing and gives a row of NaN.
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include <ssm/core/dtype.hpp>
@@ -22,6 +25,7 @@ struct embedding_params {
   view1<const std::int32_t, MemSpace> ids;  ///< (M) token ids, each in [0, V)
   view2<const Wt, MemSpace> table;          ///< (V, E) one row per token
   view2<T, MemSpace> out;                   ///< (M, E) the rows of the ids
+  bool check_ids = true;                    ///< refuse bad ids first (waits for the space)
 };
 
 namespace reference {
@@ -49,12 +53,13 @@ void embedding(embedding_params<T, Wt, MemSpace> const& p) {
 
 /// \brief Embedding lookup on an execution space (asynchronous, after a check of the ids).
 ///
-/// The ids are checked first with a reduction on `space` (which waits for it), so a bad id is an
-/// exception, never an out-of-bounds read.
+/// With `p.check_ids`, the ids are checked first with a reduction on `space` (which waits for
+/// it), so a bad id is an exception. Without, nothing waits (the lookup can be recorded in a
+/// graph) and a bad id gives a row of NaN. Either way nothing is read out of bounds.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
 /// \tparam T activation storage type. \tparam Wt table storage type. \tparam MemSpace memory space.
 /// \param space the execution space instance. \param p the tensors.
-/// \throws ssm::shape_error for wrong shapes or an id outside [0, V).
+/// \throws ssm::shape_error for wrong shapes, or an id outside [0, V) when checking.
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void embedding(ExecSpace const& space, embedding_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,
@@ -65,20 +70,26 @@ void embedding(ExecSpace const& space, embedding_params<T, Wt, MemSpace> const& 
                   "out must be (M, E) = " + detail::shape_string(M, E));
   if (M == 0) return;
   auto const ids = p.ids;
-  int bad = 0;
-  Kokkos::parallel_reduce(
-      "ssm::embedding::check_ids", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(M)),
-      KOKKOS_LAMBDA(int const m, int& count) {
-        count += (ids(m) < 0 || static_cast<std::size_t>(ids(m)) >= V) ? 1 : 0;
-      },
-      bad);
-  detail::require(bad == 0, fn, std::to_string(bad) + " token id(s) outside the vocabulary [0, " + std::to_string(V) + ")");
+  if (p.check_ids) {
+    int bad = 0;
+    Kokkos::parallel_reduce(
+        "ssm::embedding::check_ids", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(M)),
+        KOKKOS_LAMBDA(int const m, int& count) {
+          count += (ids(m) < 0 || static_cast<std::size_t>(ids(m)) >= V) ? 1 : 0;
+        },
+        bad);
+    detail::require(bad == 0, fn, std::to_string(bad) + " token id(s) outside the vocabulary [0, " + std::to_string(V) + ")");
+  }
   auto const table = p.table;
   auto const out = p.out;
   using policy = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
   Kokkos::parallel_for(
       "ssm::embedding", policy(space, {0, 0}, {static_cast<long>(M), static_cast<long>(E)}),
-      KOKKOS_LAMBDA(long const m, long const e) { out(m, e) = from_float<T>(to_float(table(ids(m), e))); });
+      KOKKOS_LAMBDA(long const m, long const e) {
+        std::int32_t const id = ids(m);
+        bool const valid = id >= 0 && static_cast<std::size_t>(id) < V;
+        out(m, e) = from_float<T>(valid ? to_float(table(valid ? id : 0, e)) : std::numeric_limits<float>::quiet_NaN());
+      });
 }
 
 }  // namespace ssm

@@ -38,6 +38,8 @@ template <class ExecSpace, class T = float, class Wt = T>
 class mamba_lm {
  public:
   using memory_space = typename ExecSpace::memory_space;     ///< where everything lives
+  using activation_type = T;                                  ///< storage type of activations and logits
+  using weight_type = Wt;                                     ///< storage type of the weights
   using weights_type = mamba_lm_weights<Wt, memory_space>;   ///< the weights
   using block_type = mamba_block<ExecSpace, T, Wt>;          ///< one residual block
   using state_type = typename block_type::state_type;        ///< one block's recurrent state
@@ -200,9 +202,12 @@ class mamba_lm {
   /// \param space the execution space instance.
   /// \param ids (B) the tokens. \param logits (B, V) their next-token logits.
   /// \param state the cache, advanced by one token.
-  /// \throws ssm::shape_error for wrong shapes or ids outside the vocabulary.
+  /// \param check_ids refuse ids outside the vocabulary before running, which waits for `space`;
+  ///        pass false for ids chosen on the space (`argmax_rows`), so that nothing waits and the
+  ///        step can be recorded in an `ssm::graph` (a bad id then gives NaN logits).
+  /// \throws ssm::shape_error for wrong shapes, or ids outside the vocabulary when checking.
   void step(ExecSpace const& space, Kokkos::View<const std::int32_t*, Kokkos::LayoutRight, memory_space> const& ids,
-            tensor2<T> const& logits, cache& state) const {
+            tensor2<T> const& logits, cache& state, bool check_ids = true) const {
     char const* fn = "ssm::mamba_lm::step";
     std::size_t const B = ids.extent(0), E = static_cast<std::size_t>(config().d_model);
     detail::require(logits.extent(0) == B && logits.extent(1) == vocab(), fn,
@@ -211,7 +216,8 @@ class mamba_lm {
     if (B == 0) return;
     reserve(B);
     using M_ = memory_space;
-    embedding(space, embedding_params<T, Wt, M_>{ids, weights_.embedding, strided<T, M_>(hidden_.data(), B, E, E, 1)});
+    embedding(space,
+              embedding_params<T, Wt, M_>{ids, weights_.embedding, strided<T, M_>(hidden_.data(), B, E, E, 1), check_ids});
     tensor2<T> const hidden(hidden_.data(), B, E);
     tensor2<float> const residual(residual_.data(), B, E);
     Kokkos::deep_copy(space, residual, 0.0f);

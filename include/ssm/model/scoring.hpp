@@ -17,6 +17,7 @@
 
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
+#include <ssm/model/generate.hpp>  // generate_greedy, for the callers of this header
 #include <ssm/model/mamba_lm.hpp>
 
 namespace ssm {
@@ -123,44 +124,6 @@ double perplexity(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_
   detail::require(ids.size() >= 2, "ssm::perplexity", "the text must hold at least two tokens");
   auto const scores = score_tokens(model, ids, chunk, space);
   return std::exp(-scores.sum_logprob / static_cast<double>(scores.next_token_logprob.size()));
-}
-
-/// \brief Greedy generation: prefill the prompt, then `n` tokens of argmax decoding.
-/// \param model the language model. \param prompt (>= 1) the tokens to continue.
-/// \param n the number of tokens to generate.
-/// \param on_token called with each token as it is produced; return false to stop early.
-/// \param space the execution space instance.
-/// \return the generated tokens.
-template <class ExecSpace, class T, class Wt>
-std::vector<std::int32_t> generate_greedy(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std::int32_t const> prompt,
-                                          std::size_t n, std::function<bool(std::int32_t)> const& on_token = {},
-                                          ExecSpace const& space = ExecSpace()) {
-  detail::require(!prompt.empty(), "ssm::generate_greedy", "the prompt is empty");
-  using memory_space = typename ExecSpace::memory_space;
-  std::size_t const V = model.vocab();
-  auto cache = model.make_cache(1);
-  Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> d_prompt("ssm::generate::prompt", 1, prompt.size());
-  auto h_prompt = Kokkos::create_mirror_view(d_prompt);
-  for (std::size_t l = 0; l < prompt.size(); ++l) h_prompt(0, l) = prompt[l];
-  Kokkos::deep_copy(d_prompt, h_prompt);
-  Kokkos::View<T***, Kokkos::LayoutRight, memory_space> last("ssm::generate::logits", 1, 1, V);
-  model.forward(space, d_prompt, last, &cache);
-  Kokkos::View<T**, Kokkos::LayoutRight, memory_space> logits(last.data(), 1, V);
-  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, memory_space> token("ssm::generate::token", 1);
-  auto h_token = Kokkos::create_mirror_view(token);
-  std::vector<std::int32_t> out;
-  while (out.size() < n) {
-    space.fence();
-    auto const h_logits = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-    std::int32_t const next = detail::argmax(h_logits.data(), V);
-    out.push_back(next);
-    if (on_token && !on_token(next)) break;
-    if (out.size() == n) break;
-    h_token(0) = next;
-    Kokkos::deep_copy(token, h_token);
-    model.step(space, token, logits, cache);
-  }
-  return out;
 }
 
 }  // namespace ssm

@@ -45,6 +45,25 @@ struct mamba_lm_weights {
     w.lm_head = c.tie_embeddings ? w.embedding : matrix("lm_head.weight", c.padded_vocab_size, c.d_model);
     return w;
   }
+
+  /// \brief A deep copy of weights held in another memory space: host weights on a GPU, say.
+  ///
+  /// Synchronous. Tied embeddings stay tied (one copy of the matrix).
+  /// \tparam Src the memory space of `from`.
+  /// \param from the weights to copy.
+  /// \return the copy, in `MemSpace`.
+  template <class Src>
+  static mamba_lm_weights copy_of(mamba_lm_weights<Wt, Src> const& from) {
+    auto w = allocate(from.config);
+    Kokkos::deep_copy(w.embedding, from.embedding);
+    for (std::size_t i = 0; i < w.mixers.size(); ++i) {
+      w.mixers[i].copy_from(from.mixers[i]);
+      Kokkos::deep_copy(w.norms[i], from.norms[i]);
+    }
+    Kokkos::deep_copy(w.norm_f, from.norm_f);
+    if (!from.config.tie_embeddings) Kokkos::deep_copy(w.lm_head, from.lm_head);
+    return w;
+  }
 };
 
 }  // namespace ssm

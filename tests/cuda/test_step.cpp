@@ -1,0 +1,99 @@
+/// \file
+/// \brief The mixer's decoding step on the GPU (the fused conv + x_proj and dt_proj + state update
+/// kernels, with cuBLASLt or the portable kernel around them) against the same step on the host,
+/// op by op, whose every op is tested against its sequential reference. Several steps in a row
+/// from a random state, so that the conv and SSM states are checked as they carry.
+
+#include "catch.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include <ssm/blocks/mamba.hpp>
+
+#include "blocks/mamba_case.hpp"
+#include "cuda_support.hpp"
+
+namespace {
+
+using namespace ssm;
+using namespace ssm::test;
+
+/// |a - e| <= tol.abs + tol.rel |e| with the scale the largest |e|: for fp32 the reassociation of
+/// sums of `terms` products; for 16-bit activations a few roundings of T, since an intermediate
+/// stored in T (xc, x_proj's output, dt) may round to the neighbouring value in one path and not
+/// the other, and that moves the output by about one unit of T relative to its scale.
+template <class T, class View>
+tolerance step_tolerance(View const& expected, std::size_t terms) {
+  double scale = 0.0;
+  for (std::size_t i = 0; i < expected.span(); ++i) scale = std::max(scale, std::abs(static_cast<double>(to_float(expected.data()[i]))));
+  if constexpr (std::is_same_v<T, float>) return derived_tolerance<float>(terms, scale);
+  else return {8.0 * unit_roundoff<T>(), 8.0 * unit_roundoff<T>() * scale};
+}
+
+template <class T, class Wt>
+void compare(mamba_config const& c, int B, int steps) {
+  CAPTURE(c.d_inner, c.d_state, c.d_conv, c.dt_rank, B);
+  using host_mixer = mamba_mixer<Kokkos::DefaultHostExecutionSpace, T, Wt>;
+  using gpu_mixer = mamba_mixer<gpu::space, T, Wt>;
+  auto const host_weights = random_weights<Wt>(c, 17);
+  auto const device_weights = mamba_mixer_weights<Wt, gpu::memory>::allocate(c);
+  device_weights.copy_from(host_weights);
+  host_mixer const on_host(c, host_weights);
+  gpu_mixer const on_gpu(c, device_weights);
+
+  auto host_state = host_mixer::state_type::zeros(c, B);
+  fill_uniform(host_state.conv, 5);
+  fill_uniform(host_state.ssm, 6);
+  auto gpu_state = gpu_mixer::state_type::zeros(c, B);
+  Kokkos::deep_copy(gpu_state.conv, host_state.conv);
+  Kokkos::deep_copy(gpu_state.ssm, host_state.ssm);
+
+  host2<T> hidden("hidden", B, c.d_model), expected("expected", B, c.d_model);
+  gpu::dev2<T> d_hidden("hidden", B, c.d_model), d_out("out", B, c.d_model);
+  std::size_t const terms = static_cast<std::size_t>(c.d_inner) * static_cast<std::size_t>(c.d_state + 4);
+  for (int s = 0; s < steps; ++s) {
+    CAPTURE(s);
+    fill_uniform(hidden, 100 + static_cast<std::uint64_t>(s));
+    Kokkos::deep_copy(d_hidden, hidden);
+    on_host.step(Kokkos::DefaultHostExecutionSpace(), hidden, expected, host_state);
+    Kokkos::DefaultHostExecutionSpace().fence();
+    gpu::poison(d_out);
+    on_gpu.step(gpu::space(), d_hidden, d_out, gpu_state);
+    require_close(gpu::to_host(d_out), expected, step_tolerance<T>(expected, terms), "mixer step output");
+    require_close(gpu::to_host(gpu_state.ssm), host_state.ssm, step_tolerance<T>(host_state.ssm, terms), "SSM state");
+    require_close(gpu::to_host(gpu_state.conv), host_state.conv, step_tolerance<T>(host_state.conv, 1), "conv state");
+  }
+}
+
+mamba_config shape(int d_model, int d_inner, int d_state, int d_conv, int dt_rank, bool bias) {
+  mamba_config c;
+  c.d_model = d_model;
+  c.d_inner = d_inner;
+  c.d_state = d_state;
+  c.d_conv = d_conv;
+  c.dt_rank = dt_rank;
+  c.conv_bias = bias;
+  c.bias = bias;
+  return c;
+}
+
+template <class T, class Wt>
+void sweep() {
+  compare<T, Wt>(small_config(), 1, 4);
+  compare<T, Wt>(small_config(), 3, 3);
+  compare<T, Wt>(shape(96, 200, 16, 4, 12, false), 1, 4);  // D over several blocks, not a multiple of 64
+  compare<T, Wt>(shape(64, 128, 16, 4, 40, true), 8, 3);    // R > 32: lanes loop over dt_rank
+  compare<T, Wt>(shape(32, 70, 48, 2, 5, true), 2, 3);      // N > 32: lanes loop over the state
+  compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 5, 3);      // N = 1, W = 1: no conv state
+}
+
+}  // namespace
+
+TEST_CASE("fused decoding step on the GPU matches the host step in fp32", "[cuda][step]") { sweep<float, float>(); }
+TEST_CASE("fused decoding step on the GPU matches the host step in bf16", "[cuda][step]") { sweep<bf16, bf16>(); }
+TEST_CASE("fused decoding step on the GPU matches the host step in fp16", "[cuda][step]") { sweep<f16, f16>(); }
+TEST_CASE("fused decoding step on the GPU, fp32 activations over bf16 weights", "[cuda][step]") {
+  sweep<float, bf16>();
+}
