@@ -68,6 +68,7 @@ void sweep() {
       compare<T, Wt>(M, 24, 40, bias, 9, 3);        // pitched and misaligned rows
     }
   compare<T, Wt>(512, 256, 384, true);  // a prefill-sized product, through the tensor cores
+  for (std::size_t M : {1, 3}) compare<T, Wt>(M, 64, 8195, true);  // two outputs per warp, N odd
   compare<T, Wt>(1, 1, 1, true);
 }
 

@@ -87,6 +87,7 @@ void sweep() {
   compare<T, Wt>(shape(64, 128, 16, 4, 40, true), 8, 3);    // R > 32: lanes loop over dt_rank
   compare<T, Wt>(shape(32, 70, 48, 2, 5, true), 2, 3);      // N > 32: lanes loop over the state
   compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 5, 3);      // N = 1, W = 1: no conv state
+  compare<T, Wt>(shape(64, 128, 16, 4, 8, true), 20, 2);    // more sequences than a fused step takes
 }
 
 }  // namespace

@@ -156,17 +156,17 @@ struct mamba_step_params {
   T* conv_state;                                  ///< (B, D, W-1) updated in place
   float* ssm_state;                               ///< (B, D, N) updated in place
   T* xc;                                          ///< (B, D) out: the conv's output (the scan's u)
+  T* x_dbl;                                       ///< (B, R + 2N) scratch: x_proj's output
   mamba_mixer_weights<Wt, MemSpace> const* weights;  ///< conv1d, x_proj, dt_proj, A and D
   T* y;                                           ///< (B, D) out: the gated scan output
-  float* workspace;                               ///< the backend's `workspace_floats` floats, zeroed once
   int batch;                                      ///< B
 };
 
 /// \brief Whether an execution space fuses the middle of a decoding step (`mamba_step_params`).
 ///
 /// The primary template does not: the mixer runs `causal_conv1d_update`, two `linear` layers and
-/// `selective_state_update`, each portable. A backend that fuses specialises it with `fused =
-/// true`, `workspace_floats(config, batch)` and `run(space, config, params)`.
+/// `selective_state_update`. A backend that fuses specialises it with `fused = true`,
+/// `fuses(batch)` (whether it fuses a step of that many sequences) and `run(space, config, params)`.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct mamba_step_backend {
@@ -304,13 +304,14 @@ class mamba_mixer {
     linear(space, linear_params<T, Wt, M_>{hidden, weights_.in_proj_weight, weights_.in_proj_bias,
                                            strided<T, M_>(xz, B, 2 * D, 2 * D, 1)});
     if constexpr (mamba_step_backend<ExecSpace>::fused) {
-      std::size_t const floats = mamba_step_backend<ExecSpace>::workspace_floats(config_, B);
-      if (scratch_.workspace.extent(0) < floats)  // zero-filled: the backend keeps it so between steps
-        scratch_.workspace = Kokkos::View<float*, memory_space>("ssm::mamba_mixer::workspace", floats);
-      mamba_step_backend<ExecSpace>::run(
-          space, config_,
-          mamba_step_params<T, Wt, M_>{xz, state.conv.data(), state.ssm.data(), xc, &weights_, y,
-                                       scratch_.workspace.data(), static_cast<int>(B)});
+      if (mamba_step_backend<ExecSpace>::fuses(B)) {
+        mamba_step_backend<ExecSpace>::run(space, config_,
+                                           mamba_step_params<T, Wt, M_>{xz, state.conv.data(), state.ssm.data(), xc,
+                                                                        scratch_.x_dbl.data(), &weights_, y,
+                                                                        static_cast<int>(B)});
+      } else {
+        step_op_by_op(space, B, state);
+      }
     } else {
       step_op_by_op(space, B, state);
     }
@@ -433,7 +434,6 @@ class mamba_mixer {
     tensor2<T> x_dbl;        ///< (M, R + 2N) x_proj output: dt_low, B, C
     tensor2<T> dt;           ///< (M, D) dt_proj output
     tensor2<T> y;            ///< (M, D) gated scan output
-    Kokkos::View<float*, memory_space> workspace;  ///< a fused decoding step's (`mamba_step_backend`)
   };
 
   mamba_config config_;

@@ -25,6 +25,7 @@
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
+#include <ssm/linear/cuda/gemv.cuh>
 
 namespace ssm::cuda {
 
@@ -171,8 +172,10 @@ class cublaslt {
 
 namespace ssm {
 
-/// \brief Linear layers on `Kokkos::Cuda`: cuBLASLt where the activations and weights share a
-/// storage type and rows are contiguous, the portable Kokkos kernel otherwise.
+/// \brief Linear layers on `Kokkos::Cuda`: the weight-streaming matrix-vector kernel
+/// (`ssm/linear/cuda/gemv.cuh`) for one row, or up to 8 rows of a matrix of at most 1024 outputs;
+/// otherwise cuBLASLt where the activations and weights share a storage type and rows are
+/// contiguous; the portable Kokkos kernel for the rest.
 template <>
 struct linear_backend<Kokkos::Cuda> {
   /// \brief Run \f$y = x W^\top + b\f$ on `space`'s stream (asynchronous).
@@ -182,19 +185,32 @@ struct linear_backend<Kokkos::Cuda> {
   /// \param p the checked tensors: `x` (M, K), `weight` (N, K), optional `bias` (N), `y` (M, N).
   template <class T, class Wt, class MemSpace>
   static void run(Kokkos::Cuda const& space, linear_params<T, Wt, MemSpace> const& p) {
+    bool const rows_contiguous = p.x.stride(1) == 1 && p.weight.stride(1) == 1 && p.y.stride(1) == 1 &&
+                                 (!given(p.bias) || p.bias.stride(0) == 1) && p.x.extent(1) > 0;
+    auto const M = static_cast<int>(p.x.extent(0)), N = static_cast<int>(p.weight.extent(0));
+    auto const K = static_cast<int>(p.x.extent(1));
+    // A single row's pitch is free: give the kernels the smallest valid one.
+    auto const pitch = [](auto const& v, std::size_t cols) {
+      return static_cast<std::int64_t>(v.extent(0) == 1 ? cols : v.stride(0));
+    };
+    Wt const* bias = given(p.bias) ? p.bias.data() : nullptr;
+    if constexpr (cuda::gemv_types<T, Wt>) {
+      // Measured on an H200 at the 2.8B model's shapes (bench/bench_cuda_linear.cpp): the kernel
+      // beats cuBLASLt for one row, and for short matrices (x_proj) up to 8 rows; cuBLASLt's
+      // kernels reuse each weight across rows better for more rows of a tall matrix.
+      bool const streaming = p.x.extent(0) == 1 || (p.weight.extent(0) <= 1024 && p.x.extent(0) <= cuda::gemv_max_rows);
+      if (streaming && rows_contiguous &&
+          cuda::gemv_applies(p.x.extent(0), p.x.extent(1), p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
+                             pitch(p.weight, p.weight.extent(1)))) {
+        cuda::gemv(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
+                   pitch(p.weight, p.weight.extent(1)), bias, p.y.data(), pitch(p.y, p.y.extent(1)));
+        return;
+      }
+    }
     if constexpr (std::is_same_v<T, Wt>) {
-      bool const rows_contiguous = p.x.stride(1) == 1 && p.weight.stride(1) == 1 && p.y.stride(1) == 1 &&
-                                   (!given(p.bias) || p.bias.stride(0) == 1);
-      if (rows_contiguous && p.x.extent(1) > 0) {
-        auto const M = static_cast<int>(p.x.extent(0)), N = static_cast<int>(p.weight.extent(0));
-        auto const K = static_cast<int>(p.x.extent(1));
-        // A single row's pitch is free: give cuBLASLt the smallest valid one.
-        auto const pitch = [](auto const& v, std::size_t cols) {
-          return static_cast<std::int64_t>(v.extent(0) == 1 ? cols : v.stride(0));
-        };
+      if (rows_contiguous) {
         cuda::cublaslt::get().linear<T>(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)),
-                                        p.weight.data(), pitch(p.weight, p.weight.extent(1)),
-                                        given(p.bias) ? p.bias.data() : nullptr, p.y.data(),
+                                        p.weight.data(), pitch(p.weight, p.weight.extent(1)), bias, p.y.data(),
                                         pitch(p.y, p.y.extent(1)));
         return;
       }

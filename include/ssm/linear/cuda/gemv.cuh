@@ -1,0 +1,181 @@
+#pragma once
+/// \file
+/// \brief A weight-streaming matrix-vector product on `Kokkos::Cuda` for decoding: up to
+/// `gemv_max_rows` rows of activations against a whole weight matrix read once.
+///
+/// In a decoding step each weight is used by B <= 8 rows only, so the product is bound by reading
+/// the weights; what matters is having enough 16-byte loads in flight on every multiprocessor.
+/// Each warp computes one or two output features (or a slice of K of one when there are few
+/// outputs, so that a short matrix such as x_proj's still spreads over the whole GPU): its lanes
+/// read consecutive 16-byte pieces of the weight rows, four loop iterations unrolled, and the
+/// matching pieces of every activation row (small enough to stay in L1). Each lane accumulates
+/// in fp32; a warp reduction, then the warps of a feature in order through shared memory, give
+/// the same sums on every run.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <ssm/core/cuda.hpp>
+#include <ssm/core/dtype.hpp>
+
+namespace ssm::cuda {
+
+/// \brief The most activation rows the matrix-vector kernel takes (more go to cuBLASLt).
+inline constexpr int gemv_max_rows = 8;
+
+namespace kernels {
+
+/// \brief Threads per block of the matrix-vector kernel.
+inline constexpr int gemv_threads = 256;
+
+/// \brief `Count` consecutive values at `p` widened to fp32, with 16-byte loads (`p` aligned).
+template <class T, int Count>
+__device__ inline void load_float(T const* p, float (&out)[Count]) {
+  static_assert(Count * sizeof(T) % 16 == 0, "whole 16-byte pieces");
+  constexpr int pieces = Count * sizeof(T) / 16;
+  constexpr int per_piece = 16 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < pieces; ++i) {
+    uint4 const raw = __ldg(reinterpret_cast<uint4 const*>(p) + i);
+    T values[per_piece];
+    static_assert(sizeof(values) == sizeof(raw));
+    std::memcpy(values, &raw, sizeof raw);
+#pragma unroll
+    for (int j = 0; j < per_piece; ++j) out[i * per_piece + j] = to_float(values[j]);
+  }
+}
+
+/// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
+///
+/// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads. A warp computes `Rows` consecutive
+/// outputs (sharing each activation load between them), or, with `split` > 1, a 1/split slice of
+/// K of them, the `split` warps of a group adding their sums in order through shared memory.
+/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 or 2).
+/// \tparam T activation type. \tparam Wt weight type.
+template <int M, int Rows, class T, class Wt>
+__global__ void __launch_bounds__(gemv_threads)
+    gemv(T const* __restrict__ x, std::int64_t ldx, Wt const* __restrict__ w, std::int64_t ldw,
+         Wt const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int N, int K, int split) {
+  constexpr int vec = 16 / sizeof(Wt);  // weights per 16-byte load
+  int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  int const groups_per_block = (gemv_threads / 32) / split;
+  int const n0 = (static_cast<int>(blockIdx.x) * groups_per_block + warp / split) * Rows;
+  int const part = warp % split;
+  float acc[Rows][M] = {};
+  if (n0 < N) {
+    Wt const* rows[Rows];
+#pragma unroll
+    for (int r = 0; r < Rows; ++r) rows[r] = w + static_cast<std::int64_t>(min(n0 + r, N - 1)) * ldw;
+    int const pieces = K / vec;
+#pragma unroll 4
+    for (int p = part * 32 + lane; p < pieces; p += 32 * split) {
+      float wv[Rows][vec];
+#pragma unroll
+      for (int r = 0; r < Rows; ++r) load_float<Wt, vec>(rows[r] + static_cast<std::int64_t>(p) * vec, wv[r]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xv[vec];
+        load_float<T, vec>(x + m * ldx + static_cast<std::int64_t>(p) * vec, xv);
+#pragma unroll
+        for (int r = 0; r < Rows; ++r)
+#pragma unroll
+          for (int j = 0; j < vec; ++j) acc[r][m] += wv[r][j] * xv[j];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < Rows; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      for (int offset = 16; offset > 0; offset /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], offset);
+  __shared__ float partial[gemv_threads / 32][Rows][M];
+  if (lane == 0)
+#pragma unroll
+    for (int r = 0; r < Rows; ++r)
+#pragma unroll
+      for (int m = 0; m < M; ++m) partial[warp][r][m] = acc[r][m];
+  __syncthreads();
+  if (part == 0 && lane < Rows * M) {
+    int const r = lane / M, m = lane % M, n = n0 + r;
+    if (n < N) {
+      float sum = 0.0f;
+      for (int s = 0; s < split; ++s) sum += partial[warp + s][r][m];
+      if (bias) sum += to_float(bias[n]);
+      y[m * ldy + n] = from_float<T>(sum);
+    }
+  }
+}
+
+}  // namespace kernels
+
+/// \brief Whether the kernel can exist for these types: a piece of weights and the matching
+/// activations are both whole 16-byte loads.
+template <class T, class Wt>
+inline constexpr bool gemv_types = (16 / sizeof(Wt)) * sizeof(T) % 16 == 0;
+
+/// \brief Whether `gemv` takes a product of these sizes and addresses: M <= 8 and whole, aligned
+/// 16-byte pieces of every row.
+/// \param M,K sizes. \param x,w first elements. \param ldx,ldw row pitches in elements.
+/// \return true if the kernel applies.
+template <class T, class Wt>
+  requires gemv_types<T, Wt>
+bool gemv_applies(std::size_t M, std::size_t K, T const* x, std::int64_t ldx, Wt const* w, std::int64_t ldw) {
+  constexpr std::size_t vec = 16 / sizeof(Wt);
+  bool const whole = K % vec == 0;
+  bool const pitched = (ldx * sizeof(T)) % 16 == 0 && (ldw * sizeof(Wt)) % 16 == 0;
+  return M >= 1 && M <= gemv_max_rows && K > 0 && whole && pitched && aligned(x, 16) && aligned(w, 16);
+}
+
+/// \brief Multiprocessors of the current device (read once per device).
+/// \return the count.
+inline int multiprocessors() {
+  static int counts[64] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "ssm::cuda::multiprocessors: cudaGetDevice");
+  int& count = counts[device % 64];
+  if (count == 0) check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "ssm::cuda::multiprocessors");
+  return count;
+}
+
+/// \brief Enqueue y = x W^T + b on `stream` (see the file comment); `gemv_applies` must hold.
+/// \param stream the stream. \param M,N,K sizes. \param x (M, K) rows `ldx` apart.
+/// \param w (N, K) rows `ldw` apart. \param bias (N) or null. \param y (M, N) rows `ldy` apart.
+/// \param ldx,ldw,ldy row pitches in elements.
+template <class T, class Wt>
+  requires gemv_types<T, Wt>
+void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx, Wt const* w, std::int64_t ldw,
+          Wt const* bias, T* y, std::int64_t ldy) {
+  int const processors = multiprocessors();
+  // Tall matrices: two outputs per warp, so that every warp is resident at once (64 per
+  // multiprocessor) instead of a last, partial wave of blocks. Short ones: split K over up to 8
+  // warps, so that enough loads are in flight on every multiprocessor.
+  bool const tall = N >= 8192;
+  int split = 1;
+  while (!tall && split < 8 && static_cast<long>(N) * split < 16L * processors) split *= 2;
+  int const outputs_per_block = (tall ? 2 : 1) * (kernels::gemv_threads / 32) / split;
+  unsigned const blocks = blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(outputs_per_block));
+  auto launch = [&](auto rows) {
+    constexpr int m = decltype(rows)::value;
+    if (tall)
+      kernels::gemv<m, 2, T, Wt><<<blocks, kernels::gemv_threads, 0, stream>>>(x, ldx, w, ldw, bias, y, ldy, N, K, split);
+    else
+      kernels::gemv<m, 1, T, Wt><<<blocks, kernels::gemv_threads, 0, stream>>>(x, ldx, w, ldw, bias, y, ldy, N, K, split);
+  };
+  switch (M) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 3: launch(std::integral_constant<int, 3>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 5: launch(std::integral_constant<int, 5>{}); break;
+    case 6: launch(std::integral_constant<int, 6>{}); break;
+    case 7: launch(std::integral_constant<int, 7>{}); break;
+    default: launch(std::integral_constant<int, 8>{}); break;
+  }
+  check_launch("ssm::linear (CUDA gemv)");
+}
+
+}  // namespace ssm::cuda
