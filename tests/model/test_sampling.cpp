@@ -1,7 +1,9 @@
 // The sampling chain on constructed logits whose right distribution is known by hand, and
 // generation for a batch of prompts against one prompt at a time.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include <ssm/model/checkpoint.hpp>
@@ -129,6 +131,44 @@ TEST_CASE("sampling: frequencies follow the distribution, and a seed reproduces 
   int same = 0;
   for (int i = 0; i < 200; ++i) same += c.sample(logits_of(p), {}) == draws[i];
   REQUIRE(same < 150);
+}
+
+TEST_CASE("sampling: the k largest logits and the penalty window's give the whole row's chain", "[sampling]") {
+  // What generation on a GPU brings back of a row (ssm::top_logits and the window's logits),
+  // against the chain on the whole row, over random rows, penalties above and below 1, and
+  // histories that reach far down the order.
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int trial = 0; trial < 200; ++trial) {
+    sampling_params s;
+    s.top_k = 1 + trial % 17;
+    s.top_p = trial % 3 == 0 ? 1.0f : 0.9f;
+    s.min_p = trial % 4 == 0 ? 0.0f : 0.02f;
+    s.repeat_penalty = trial % 2 == 0 ? 1.7f : 0.6f;
+    s.repeat_last_n = 1 + trial % 9;
+    s.seed = static_cast<std::uint64_t>(trial);
+    std::vector<float> row(300);
+    for (auto& x : row) x = normal(rng);
+    if (trial % 5 == 0) row[7] = row[8] = row[9];  // ties
+    std::vector<std::int32_t> history;
+    for (int i = 0; i < 12; ++i) history.push_back(static_cast<std::int32_t>(rng() % row.size()));
+
+    sampler whole(s), part(s);
+    std::vector<std::int32_t> order(row.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int32_t>(i);
+    std::sort(order.begin(), order.end(), [&](auto a, auto b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    std::size_t const count = part.candidates(history.size());
+    REQUIRE(count == static_cast<std::size_t>(s.top_k) + std::min<std::size_t>(history.size(), s.repeat_last_n));
+    std::vector<std::pair<std::int32_t, float>> pairs;
+    for (std::size_t i = 0; i < count; ++i) pairs.emplace_back(order[i], row[order[i]]);
+    for (std::size_t i = history.size() - std::min<std::size_t>(history.size(), s.repeat_last_n); i < history.size(); ++i) {
+      std::int32_t const id = history[i];
+      if (std::none_of(pairs.begin(), pairs.end(), [&](auto const& p) { return p.first == id; })) pairs.emplace_back(id, row[id]);
+    }
+    CAPTURE(trial);
+    REQUIRE(part.distribution(pairs, history) == whole.distribution(row, history));
+    for (int draw = 0; draw < 5; ++draw) REQUIRE(part.sample(pairs, history) == whole.sample(row, history));
+  }
 }
 
 TEST_CASE("sampling: options out of range are refused", "[sampling][errors]") {

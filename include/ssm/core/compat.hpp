@@ -108,6 +108,19 @@ int concurrency(ExecSpace const& space) {
   return space.concurrency();  // static in 3.4, a member in 4.x: this spelling works for both
 }
 
+/// \brief A policy whose kernel can be recorded in a CUDA graph (`ssm::graph`).
+///
+/// Kokkos' CUDA backend copies a functor of more than 512 bytes to constant memory before the
+/// launch, with a host-side wait on an event, which stream capture forbids. Marked light-weight,
+/// a functor of up to 4 KB goes as a kernel argument instead. Other backends ignore the mark.
+/// \tparam Policy a Kokkos execution policy.
+/// \param policy the policy.
+/// \return the same policy, marked `HintLightWeight`.
+template <class Policy>
+auto capturable(Policy const& policy) {
+  return Kokkos::Experimental::require(policy, Kokkos::Experimental::WorkItemProperty::HintLightWeight);
+}
+
 /// \brief Initialize Kokkos with a number of host threads (0 keeps Kokkos' default); pair with
 /// `Kokkos::finalize`. Kokkos 3.7 replaced `InitArguments` with `InitializationSettings`.
 /// \param threads threads of the host backend (OpenMP, Threads); ignored by Serial.

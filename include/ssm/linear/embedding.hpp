@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 
+#include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
 #include <ssm/core/views.hpp>
@@ -84,7 +85,7 @@ void embedding(ExecSpace const& space, embedding_params<T, Wt, MemSpace> const& 
   auto const out = p.out;
   using policy = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>;
   Kokkos::parallel_for(
-      "ssm::embedding", policy(space, {0, 0}, {static_cast<long>(M), static_cast<long>(E)}),
+      "ssm::embedding", compat::capturable(policy(space, {0, 0}, {static_cast<long>(M), static_cast<long>(E)})),
       KOKKOS_LAMBDA(long const m, long const e) {
         std::int32_t const id = ids(m);
         bool const valid = id >= 0 && static_cast<std::size_t>(id) < V;

@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
 #include <ssm/core/views.hpp>
@@ -87,7 +88,7 @@ void linear_kokkos(ExecSpace const& space, linear_params<T, Wt, MemSpace> const&
   bool const has_bias = given(p.bias);
   auto const params = p;
   Kokkos::parallel_for(
-      "ssm::linear::kokkos", policy(space, {0, 0}, {M, N}), KOKKOS_LAMBDA(int const m, int const n) {
+      "ssm::linear::kokkos", compat::capturable(policy(space, {0, 0}, {M, N})), KOKKOS_LAMBDA(int const m, int const n) {
         auto const& q = params;
         float acc = has_bias ? to_float(q.bias(n)) : 0.0f;
         for (int k = 0; k < K; ++k) acc += to_float(q.x(m, k)) * to_float(q.weight(n, k));

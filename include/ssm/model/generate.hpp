@@ -11,13 +11,19 @@
 /// Greedy decoding (temperature 0, no repetition penalty) chooses the tokens where the logits
 /// are, with `argmax_rows`, and replays each step from an `ssm::graph`: on a GPU the logits never
 /// cross to the host and a step is one launch; only the B chosen ids come back, for the callback.
+/// Sampling with top-k on a GPU finds each row's k largest logits there (`top_logits`), and only
+/// those and the logits of the penalty window's tokens come back for the rest of the chain, which
+/// then gives the same tokens as on the host. With top-k off, the whole rows come back.
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <span>
 #include <vector>
 
+#include <ssm/core/compat.hpp>
 #include <ssm/core/error.hpp>
 #include <ssm/core/graph.hpp>
 #include <ssm/core/views.hpp>
@@ -33,12 +39,33 @@ struct generation_options {
   std::optional<std::int32_t> eos;       ///< stop a sequence after this token (it is kept)
 };
 
+namespace detail {
+
+/// \brief A logit and its token as one unsigned key that orders as the logits do, ties by the
+/// smaller token: the float's bits made monotonic, above the complement of the token. NaN is 0.
+KOKKOS_INLINE_FUNCTION std::uint64_t logit_key(float x, int v) {
+  auto const bits = bit_cast<std::uint32_t>(x);
+  std::uint32_t const ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return x == x ? (std::uint64_t{ordered} << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(v)) : 0u;
+}
+/// \brief The token of a key. \param key from `logit_key`. \return the token.
+KOKKOS_INLINE_FUNCTION std::int32_t key_token(std::uint64_t key) {
+  return static_cast<std::int32_t>(~static_cast<std::uint32_t>(key & 0xFFFFFFFFu));
+}
+/// \brief The logit of a key. \param key from `logit_key`. \return the logit.
+KOKKOS_INLINE_FUNCTION float key_logit(std::uint64_t key) {
+  auto const ordered = static_cast<std::uint32_t>(key >> 32);
+  return bit_cast<float>((ordered & 0x80000000u) ? (ordered & 0x7FFFFFFFu) : ~ordered);
+}
+
+}  // namespace detail
+
 /// \brief The greedy choice of each row, on the execution space: tokens(b) = argmax of logits(b, :),
 /// the lowest index among equal largest values (as the host's `argmax`), NaN never chosen over a
 /// number. Asynchronous.
 ///
 /// Each value is turned into an unsigned key that orders as the floats do, with the complement of
-/// its index below it, so one integer maximum per row decides both.
+/// its index below it (`detail::logit_key`), so one integer maximum per row decides both.
 /// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
 /// \tparam MemSpace memory space of both views.
 /// \param space the execution space instance. \param logits (B, V). \param tokens (B) out.
@@ -50,24 +77,60 @@ void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
   int const V = static_cast<int>(logits.extent(1));
   using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   Kokkos::parallel_for(
-      "ssm::argmax_rows", Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(logits.extent(0)), Kokkos::AUTO),
+      "ssm::argmax_rows",
+      compat::capturable(Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(logits.extent(0)), Kokkos::AUTO)),
       KOKKOS_LAMBDA(team const& member) {
         int const b = member.league_rank();
         std::uint64_t best = 0;
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(member, V),
             [&](int const v, std::uint64_t& key) {
-              float const x = to_float(logits(b, v));
-              auto const bits = detail::bit_cast<std::uint32_t>(x);
-              std::uint32_t const ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-              std::uint64_t const candidate =
-                  x == x ? (std::uint64_t{ordered} << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(v)) : 0u;
+              std::uint64_t const candidate = detail::logit_key(to_float(logits(b, v)), v);
               if (candidate > key) key = candidate;
             },
             Kokkos::Max<std::uint64_t>(best));
-        Kokkos::single(Kokkos::PerTeam(member), [&] {
-          tokens(b) = static_cast<std::int32_t>(~static_cast<std::uint32_t>(best & 0xFFFFFFFFu));
-        });
+        Kokkos::single(Kokkos::PerTeam(member), [&] { tokens(b) = detail::key_token(best); });
+      });
+}
+
+/// \brief The `count` largest logits of each row and their tokens, most likely first (ties by
+/// the smaller token), on the execution space: what sampling with top-k needs of a row, so that
+/// the row itself stays where it is. Rows with fewer than `count` numbers end with token -1.
+/// Asynchronous. One team per row takes `count` maxima in turn, each below the last.
+/// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
+/// \tparam MemSpace memory space of the views.
+/// \param space the execution space instance. \param logits (B, V).
+/// \param tokens (B, count) out. \param values (B, count) out.
+template <class ExecSpace, class T, class MemSpace>
+void top_logits(ExecSpace const& space, view2<const T, MemSpace> const& logits, view2<std::int32_t, MemSpace> const& tokens,
+                view2<float, MemSpace> const& values) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>, "ssm::top_logits: the views must be accessible from the space");
+  detail::require(tokens.extent(0) == logits.extent(0) && values.extent(0) == logits.extent(0) &&
+                      values.extent(1) == tokens.extent(1),
+                  "ssm::top_logits", "tokens and values must be (B, count) for logits (B, V)");
+  int const V = static_cast<int>(logits.extent(1)), count = static_cast<int>(tokens.extent(1));
+  using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  Kokkos::parallel_for(
+      "ssm::top_logits",
+      compat::capturable(Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(logits.extent(0)), Kokkos::AUTO)),
+      KOKKOS_LAMBDA(team const& member) {
+        int const b = member.league_rank();
+        std::uint64_t last = ~std::uint64_t{0};
+        for (int i = 0; i < count; ++i) {
+          std::uint64_t best = 0;
+          Kokkos::parallel_reduce(
+              Kokkos::TeamThreadRange(member, V),
+              [&](int const v, std::uint64_t& key) {
+                std::uint64_t const candidate = detail::logit_key(to_float(logits(b, v)), v);
+                if (candidate < last && candidate > key) key = candidate;
+              },
+              Kokkos::Max<std::uint64_t>(best));
+          last = best;
+          Kokkos::single(Kokkos::PerTeam(member), [&] {
+            tokens(b, i) = best == 0 ? -1 : detail::key_token(best);
+            values(b, i) = best == 0 ? 0.0f : detail::key_logit(best);
+          });
+        }
       });
 }
 
@@ -159,6 +222,75 @@ std::vector<std::vector<std::int32_t>> generate(mamba_lm<ExecSpace, T, Wt> const
     params.seed += b;
     samplers.emplace_back(params);
   }
+
+  // Off the host with top-k on, only each row's largest logits and those of the tokens in its
+  // penalty window come back: the sampler's chain on them equals the chain on the whole row.
+  std::size_t const count = std::min(samplers.front().candidates(std::numeric_limits<std::size_t>::max()), V);
+  if (!is_accessible_v<Kokkos::DefaultHostExecutionSpace, memory_space> && count > 0) {
+    std::size_t const window = options.sampling.repeat_penalty == 1.0f ? 0 : static_cast<std::size_t>(options.sampling.repeat_last_n);
+    Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> top_tokens("ssm::generate::top_tokens", B, count);
+    Kokkos::View<float**, Kokkos::LayoutRight, memory_space> top_values("ssm::generate::top_values", B, count);
+    Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> window_tokens("ssm::generate::window_tokens", B, window);
+    Kokkos::View<float**, Kokkos::LayoutRight, memory_space> window_values("ssm::generate::window_values", B, window);
+    auto h_top_tokens = Kokkos::create_mirror_view(top_tokens);
+    auto h_top_values = Kokkos::create_mirror_view(top_values);
+    auto h_window_tokens = Kokkos::create_mirror_view(window_tokens);
+    auto h_window_values = Kokkos::create_mirror_view(window_values);
+    auto const choose = [&] {
+      top_logits(space, view2<const T, memory_space>(logits), view2<std::int32_t, memory_space>(top_tokens),
+                 view2<float, memory_space>(top_values));
+    };
+    graph<ExecSpace> decode;
+    auto const step = [&] {
+      model.step(space, tokens, logits, cache, /*check_ids=*/false);  // chosen from the logits' own tokens
+      choose();
+    };
+    choose();
+    for (bool first = true;; first = false) {
+      Kokkos::deep_copy(h_top_tokens, top_tokens);
+      Kokkos::deep_copy(h_top_values, top_values);
+      if (window > 0) {  // the logits of each row's last `window` tokens (-1: none)
+        for (std::size_t b = 0; b < B; ++b)
+          for (std::size_t i = 0; i < window; ++i)
+            h_window_tokens(b, i) = i < history[b].size() ? history[b][history[b].size() - 1 - i] : -1;
+        Kokkos::deep_copy(window_tokens, h_window_tokens);
+        auto const ids = window_tokens;
+        auto const values = window_values;
+        auto const rows = logits;
+        Kokkos::parallel_for(
+            "ssm::generate::window_logits",
+            Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {static_cast<long>(B), static_cast<long>(window)}),
+            KOKKOS_LAMBDA(long const b, long const i) {
+              std::int32_t const id = ids(b, i);
+              values(b, i) = id >= 0 && static_cast<std::size_t>(id) < V ? to_float(rows(b, id)) : 0.0f;
+            });
+        Kokkos::deep_copy(h_window_values, window_values);
+      }
+      accept([&](std::size_t b) {
+        std::vector<std::pair<std::int32_t, float>> pairs;
+        for (std::size_t i = 0; i < count && h_top_tokens(b, i) >= 0; ++i) pairs.emplace_back(h_top_tokens(b, i), h_top_values(b, i));
+        for (std::size_t i = 0; i < window; ++i) {
+          std::int32_t const id = h_window_tokens(b, i);
+          bool const known = std::any_of(pairs.begin(), pairs.end(), [&](auto const& pair) { return pair.first == id; });
+          if (id >= 0 && !known) pairs.emplace_back(id, h_window_values(b, i));
+        }
+        std::int32_t const next = samplers[b].sample(pairs, history[b]);
+        history[b].push_back(next);
+        h_tokens(b) = next;
+        return next;
+      });
+      if (active == 0) break;
+      Kokkos::deep_copy(tokens, h_tokens);
+      if (first) {
+        step();  // allocates and plans everything a step needs, which recording must not do
+      } else {
+        if (!decode.recorded()) decode.record(space, step);
+        decode.replay();
+      }
+    }
+    return out;
+  }
+
   std::vector<float> row(V);
   while (true) {
     space.fence();

@@ -68,35 +68,81 @@ class sampler {
   std::vector<std::pair<std::int32_t, double>> distribution(std::span<float const> logits,
                                                             std::span<std::int32_t const> history) const {
     detail::require(!logits.empty(), "ssm::sampler", "the logits are empty");
-    std::vector<double> x(logits.begin(), logits.end());
+    std::vector<std::pair<std::int32_t, double>> all(logits.size());
+    for (std::size_t v = 0; v < logits.size(); ++v) all[v] = {static_cast<std::int32_t>(v), logits[v]};
+    return distribution_of(std::move(all), history);
+  }
+
+  /// \brief The same distribution from a subset of the logits: the `candidates(history_size)`
+  /// largest logits and the logits of every token of the penalty's window, as (token, logit)
+  /// pairs in any order, each token once. It equals `distribution` of the whole row whenever
+  /// top-k is on: whatever the penalty does, the k tokens it keeps are among these.
+  /// \param logits the (token, logit) pairs. \param history the tokens so far.
+  /// \return as `distribution`.
+  std::vector<std::pair<std::int32_t, double>> distribution(std::vector<std::pair<std::int32_t, float>> const& logits,
+                                                            std::span<std::int32_t const> history) const {
+    detail::require(!logits.empty(), "ssm::sampler", "the logits are empty");
+    return distribution_of({logits.begin(), logits.end()}, history);
+  }
+
+  /// \brief How many of the largest logits `distribution` needs beside the penalty's window, or
+  /// 0 when it needs the whole row (top-k off).
+  /// \param history_size the number of tokens so far.
+  /// \return k plus the window's length, or 0.
+  std::size_t candidates(std::size_t history_size) const {
+    if (params_.top_k <= 0) return params_.temperature == 0.0f ? 1 : 0;
+    std::size_t const window = params_.repeat_penalty == 1.0f ? 0 : std::min(history_size, static_cast<std::size_t>(params_.repeat_last_n));
+    return static_cast<std::size_t>(params_.top_k) + window;
+  }
+
+  /// \brief Choose the next token, advancing the random state (except for greedy decoding).
+  /// \param logits (V) one row of logits. \param history the tokens so far.
+  /// \return the chosen token.
+  std::int32_t sample(std::span<float const> logits, std::span<std::int32_t const> history) {
+    return draw(distribution(logits, history));
+  }
+
+  /// \brief Choose the next token from a subset of the logits (see the `distribution` taking
+  /// pairs), advancing the random state as `sample` of the whole row does.
+  /// \param logits the (token, logit) pairs. \param history the tokens so far.
+  /// \return the chosen token.
+  std::int32_t sample(std::vector<std::pair<std::int32_t, float>> const& logits, std::span<std::int32_t const> history) {
+    return draw(distribution(logits, history));
+  }
+
+  /// \brief The options. \return them.
+  sampling_params const& params() const { return params_; }
+
+ private:
+  /// The chain on (token, logit) pairs: penalty, top-k, top-p, min-p, temperature.
+  std::vector<std::pair<std::int32_t, double>> distribution_of(std::vector<std::pair<std::int32_t, double>> x,
+                                                               std::span<std::int32_t const> history) const {
     if (params_.repeat_penalty != 1.0f) {
       std::size_t const n = std::min(history.size(), static_cast<std::size_t>(params_.repeat_last_n));
-      std::vector<bool> seen(x.size(), false);
-      for (auto const id : history.subspan(history.size() - n))
-        if (id >= 0 && static_cast<std::size_t>(id) < x.size()) seen[static_cast<std::size_t>(id)] = true;
-      for (std::size_t v = 0; v < x.size(); ++v)
-        if (seen[v]) x[v] = x[v] > 0.0 ? x[v] / params_.repeat_penalty : x[v] * params_.repeat_penalty;
+      std::vector<std::int32_t> window(history.end() - static_cast<long>(n), history.end());
+      std::sort(window.begin(), window.end());
+      for (auto& [id, value] : x)
+        if (std::binary_search(window.begin(), window.end(), id))
+          value = value > 0.0 ? value / params_.repeat_penalty : value * params_.repeat_penalty;
     }
-    std::vector<std::int32_t> order(x.size());
-    std::iota(order.begin(), order.end(), 0);
     // most likely first; ties by the smaller id, so the order (and greedy choice) is well defined
-    auto const by_logit = [&](std::int32_t a, std::int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-    if (params_.temperature == 0.0f) {
-      return {{*std::min_element(order.begin(), order.end(), by_logit), 1.0}};
-    }
-    std::size_t kept = order.size();
+    auto const by_logit = [](auto const& a, auto const& b) {
+      return a.second > b.second || (a.second == b.second && a.first < b.first);
+    };
+    if (params_.temperature == 0.0f) return {{std::min_element(x.begin(), x.end(), by_logit)->first, 1.0}};
+    std::size_t kept = x.size();
     if (params_.top_k > 0 && static_cast<std::size_t>(params_.top_k) < kept) {
       kept = static_cast<std::size_t>(params_.top_k);
-      std::partial_sort(order.begin(), order.begin() + static_cast<long>(kept), order.end(), by_logit);
+      std::partial_sort(x.begin(), x.begin() + static_cast<long>(kept), x.end(), by_logit);
     } else {
-      std::sort(order.begin(), order.end(), by_logit);
+      std::sort(x.begin(), x.end(), by_logit);
     }
-    order.resize(kept);
+    x.resize(kept);
     auto probabilities = [&](double temperature) {  // softmax of the kept logits
-      std::vector<double> p(order.size());
-      double const max = x[order.front()];
+      std::vector<double> p(x.size());
+      double const max = x.front().second;
       double sum = 0.0;
-      for (std::size_t i = 0; i < order.size(); ++i) sum += p[i] = std::exp((x[order[i]] - max) / temperature);
+      for (std::size_t i = 0; i < x.size(); ++i) sum += p[i] = std::exp((x[i].second - max) / temperature);
       for (auto& q : p) q /= sum;
       return p;
     };
@@ -108,25 +154,22 @@ class sampler {
         cumulative += p[i++];
         if (cumulative >= params_.top_p) break;
       }
-      order.resize(i);
+      x.resize(i);
     }
     if (params_.min_p > 0.0f) {
       auto const p = probabilities(1.0);
       std::size_t i = 1;
       while (i < p.size() && p[i] >= params_.min_p * p[0]) ++i;
-      order.resize(i);
+      x.resize(i);
     }
     auto const p = probabilities(params_.temperature);
     std::vector<std::pair<std::int32_t, double>> result;
-    for (std::size_t i = 0; i < order.size(); ++i) result.emplace_back(order[i], p[i]);
+    for (std::size_t i = 0; i < x.size(); ++i) result.emplace_back(x[i].first, p[i]);
     return result;
   }
 
-  /// \brief Choose the next token, advancing the random state (except for greedy decoding).
-  /// \param logits (V) one row of logits. \param history the tokens so far.
-  /// \return the chosen token.
-  std::int32_t sample(std::span<float const> logits, std::span<std::int32_t const> history) {
-    auto const d = distribution(logits, history);
+  /// Draw from a distribution with the next random number (none for greedy decoding).
+  std::int32_t draw(std::vector<std::pair<std::int32_t, double>> const& d) {
     if (params_.temperature == 0.0f) return d.front().first;
     double const u = static_cast<double>(rng_() >> 11) * 0x1p-53;  // uniform in [0, 1), the same everywhere
     double cumulative = 0.0;
@@ -137,10 +180,6 @@ class sampler {
     return d.back().first;  // u within rounding of 1
   }
 
-  /// \brief The options. \return them.
-  sampling_params const& params() const { return params_; }
-
- private:
   sampling_params params_;
   std::mt19937_64 rng_;
 };

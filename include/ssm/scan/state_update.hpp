@@ -139,7 +139,7 @@ struct selective_state_update_backend {
     auto const params = p;
     Kokkos::parallel_for(
         "ssm::selective_state_update::kokkos",
-        Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels),
+        compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels)),
         KOKKOS_LAMBDA(int const item) {
           auto const& q = params;
           int const b = item / channels;

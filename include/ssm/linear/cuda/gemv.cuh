@@ -32,21 +32,36 @@ namespace kernels {
 /// \brief Threads per block of the matrix-vector kernel.
 inline constexpr int gemv_threads = 256;
 
+/// \brief Widen the `16 / sizeof(T)` values of a 16-byte piece to fp32.
+template <class T>
+__device__ inline void widen(uint4 const& raw, float (&out)[16 / sizeof(T)]) {
+  T values[16 / sizeof(T)];
+  static_assert(sizeof(values) == sizeof(raw));
+  std::memcpy(values, &raw, sizeof raw);
+#pragma unroll
+  for (int j = 0; j < static_cast<int>(16 / sizeof(T)); ++j) out[j] = to_float(values[j]);
+}
+
 /// \brief `Count` consecutive values at `p` widened to fp32, with 16-byte loads (`p` aligned).
 template <class T, int Count>
 __device__ inline void load_float(T const* p, float (&out)[Count]) {
   static_assert(Count * sizeof(T) % 16 == 0, "whole 16-byte pieces");
-  constexpr int pieces = Count * sizeof(T) / 16;
   constexpr int per_piece = 16 / sizeof(T);
 #pragma unroll
-  for (int i = 0; i < pieces; ++i) {
-    uint4 const raw = __ldg(reinterpret_cast<uint4 const*>(p) + i);
-    T values[per_piece];
-    static_assert(sizeof(values) == sizeof(raw));
-    std::memcpy(values, &raw, sizeof raw);
+  for (int i = 0; i < Count / per_piece; ++i) {
+    float piece[per_piece];
+    widen<T>(__ldg(reinterpret_cast<uint4 const*>(p) + i), piece);
 #pragma unroll
-    for (int j = 0; j < per_piece; ++j) out[i * per_piece + j] = to_float(values[j]);
+    for (int j = 0; j < per_piece; ++j) out[i * per_piece + j] = piece[j];
   }
+}
+
+/// \brief Wait until the kernel before this one on the stream has finished and its writes are
+/// visible (a no-op unless this kernel was launched as its programmatic dependent).
+__device__ inline void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
@@ -66,16 +81,40 @@ __global__ void __launch_bounds__(gemv_threads)
   int const n0 = (static_cast<int>(blockIdx.x) * groups_per_block + warp / split) * Rows;
   int const part = warp % split;
   float acc[Rows][M] = {};
-  if (n0 < N) {
-    Wt const* rows[Rows];
+  // Weights are read in batches of `depth` pieces per lane, the next batch in flight while the
+  // current one is multiplied. The first batch is requested before waiting for the kernel that
+  // writes x: launched as a programmatic dependent, this kernel starts streaming its weights
+  // while that kernel is still finishing.
+  constexpr int depth = 4;
+  int const pieces = K / vec, stride = 32 * split;
+  Wt const* rows[Rows];
 #pragma unroll
-    for (int r = 0; r < Rows; ++r) rows[r] = w + static_cast<std::int64_t>(min(n0 + r, N - 1)) * ldw;
-    int const pieces = K / vec;
-#pragma unroll 4
-    for (int p = part * 32 + lane; p < pieces; p += 32 * split) {
+  for (int r = 0; r < Rows; ++r) rows[r] = w + static_cast<std::int64_t>(min(n0 + r, N - 1)) * ldw;
+  auto fetch = [&](int first, uint4 (&batch)[depth][Rows]) {
+#pragma unroll
+    for (int i = 0; i < depth; ++i) {
+      int const p = first + i * stride;
+#pragma unroll
+      for (int r = 0; r < Rows; ++r)
+        batch[i][r] = p < pieces ? __ldg(reinterpret_cast<uint4 const*>(rows[r] + static_cast<std::int64_t>(p) * vec))
+                                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+  bool const active = n0 < N;
+  uint4 current[depth][Rows];
+  int first = part * 32 + lane;
+  if (active) fetch(first, current);
+  wait_for_previous_kernel();
+  for (; active && first < pieces; first += depth * stride) {
+    uint4 next[depth][Rows];
+    fetch(first + depth * stride, next);
+#pragma unroll
+    for (int i = 0; i < depth; ++i) {
+      int const p = first + i * stride;
+      if (p >= pieces) break;
       float wv[Rows][vec];
 #pragma unroll
-      for (int r = 0; r < Rows; ++r) load_float<Wt, vec>(rows[r] + static_cast<std::int64_t>(p) * vec, wv[r]);
+      for (int r = 0; r < Rows; ++r) widen<Wt>(current[i][r], wv[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xv[vec];
@@ -86,6 +125,10 @@ __global__ void __launch_bounds__(gemv_threads)
           for (int j = 0; j < vec; ++j) acc[r][m] += wv[r][j] * xv[j];
       }
     }
+#pragma unroll
+    for (int i = 0; i < depth; ++i)
+#pragma unroll
+      for (int r = 0; r < Rows; ++r) current[i][r] = next[i][r];
   }
 #pragma unroll
   for (int r = 0; r < Rows; ++r)
@@ -158,12 +201,22 @@ void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx
   while (!tall && split < 8 && static_cast<long>(N) * split < 16L * processors) split *= 2;
   int const outputs_per_block = (tall ? 2 : 1) * (kernels::gemv_threads / 32) / split;
   unsigned const blocks = blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(outputs_per_block));
+  // Launched as a programmatic dependent of the kernel before it on the stream (Hopper and
+  // later; elsewhere the attribute is ignored), so that its weights start streaming early.
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kernels::gemv_threads);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
   auto launch = [&](auto rows) {
     constexpr int m = decltype(rows)::value;
-    if (tall)
-      kernels::gemv<m, 2, T, Wt><<<blocks, kernels::gemv_threads, 0, stream>>>(x, ldx, w, ldw, bias, y, ldy, N, K, split);
-    else
-      kernels::gemv<m, 1, T, Wt><<<blocks, kernels::gemv_threads, 0, stream>>>(x, ldx, w, ldw, bias, y, ldy, N, K, split);
+    check(tall ? cudaLaunchKernelEx(&config, kernels::gemv<m, 2, T, Wt>, x, ldx, w, ldw, bias, y, ldy, N, K, split)
+               : cudaLaunchKernelEx(&config, kernels::gemv<m, 1, T, Wt>, x, ldx, w, ldw, bias, y, ldy, N, K, split),
+          "ssm::linear (CUDA gemv): launch");
   };
   switch (M) {
     case 1: launch(std::integral_constant<int, 1>{}); break;
@@ -175,7 +228,6 @@ void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx
     case 7: launch(std::integral_constant<int, 7>{}); break;
     default: launch(std::integral_constant<int, 8>{}); break;
   }
-  check_launch("ssm::linear (CUDA gemv)");
 }
 
 }  // namespace ssm::cuda
