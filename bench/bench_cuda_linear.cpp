@@ -14,33 +14,15 @@
 
 #include <ssm/linear/linear.hpp>
 
+#include "bench_cuda_common.hpp"
+
 namespace {
 
 using space = Kokkos::Cuda;
 using memory = Kokkos::CudaSpace;
 using T = ssm::bf16;
 
-double median_ms(space const& s, std::function<void()> const& run) {
-  char const* what = "bench_cuda_linear: events";
-  cudaEvent_t start, stop;
-  ssm::cuda::check(cudaEventCreate(&start), what);
-  ssm::cuda::check(cudaEventCreate(&stop), what);
-  for (int i = 0; i < 3; ++i) run();
-  std::vector<float> ms;
-  for (int i = 0; i < 50; ++i) {
-    ssm::cuda::check(cudaEventRecord(start, ssm::cuda::stream(s)), what);
-    run();
-    ssm::cuda::check(cudaEventRecord(stop, ssm::cuda::stream(s)), what);
-    ssm::cuda::check(cudaEventSynchronize(stop), what);
-    float t = 0.0f;
-    ssm::cuda::check(cudaEventElapsedTime(&t, start, stop), what);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return static_cast<double>(ms[ms.size() / 2]);
-}
+using ssm::bench::median_ms;
 
 /// Fill with a hash of the index, uniform in [-0.5, 0.5): quick for 260 MB and never zeros.
 void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {

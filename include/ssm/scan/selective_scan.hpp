@@ -228,6 +228,28 @@ void selective_scan_kokkos(ExecSpace const& space, selective_scan_params<T, MemS
       });
 }
 
+/// \brief The portable Kokkos path for any execution space, with the state size bucketed at
+/// compile time (N = 16 exactly, N <= 16, N <= 64, N <= 256).
+///
+/// What the primary `selective_scan_backend` runs; callable directly so that a backend's kernel
+/// can be compared with it on the same execution space. Asynchronous.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the kernel runs on.
+/// \param p the checked tensors and flags: `u`, `delta`, `z`, `out` (B, D, L); `A` (D, N);
+///          `B`, `C` (B, G, N, L); `D`, `delta_bias` (D); `initial_state`, `final_state` (B, D, N).
+/// \param s their sizes, as returned by the shape check.
+template <class ExecSpace, class T, class MemSpace>
+void selective_scan_portable(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
+                             scan_shape const& s) {
+  constexpr int channels = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 8 : 1;
+  if (s.state == 16) selective_scan_kokkos<16, true, channels>(space, p, s);  // Mamba's N
+  else if (s.state < 16) selective_scan_kokkos<16, false, channels>(space, p, s);
+  else if (s.state <= 64) selective_scan_kokkos<64, false, channels>(space, p, s);
+  else selective_scan_kokkos<max_state_size, false, channels>(space, p, s);
+}
+
 }  // namespace detail
 
 /// \brief Which implementation of the selective scan runs on an execution space.
@@ -248,11 +270,7 @@ struct selective_scan_backend {
   template <class T, class MemSpace>
   static void run(ExecSpace const& space, selective_scan_params<T, MemSpace> const& p,
                   scan_shape const& s) {
-    constexpr int channels = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 8 : 1;
-    if (s.state == 16) detail::selective_scan_kokkos<16, true, channels>(space, p, s);  // Mamba's N
-    else if (s.state < 16) detail::selective_scan_kokkos<16, false, channels>(space, p, s);
-    else if (s.state <= 64) detail::selective_scan_kokkos<64, false, channels>(space, p, s);
-    else detail::selective_scan_kokkos<max_state_size, false, channels>(space, p, s);
+    detail::selective_scan_portable(space, p, s);
   }
 };
 
@@ -278,3 +296,7 @@ void selective_scan(ExecSpace const& space, selective_scan_params<T, MemSpace> c
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/scan/cuda/selective_scan.cuh>
+#endif
