@@ -14,8 +14,10 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
@@ -48,6 +50,47 @@ constexpr unsigned blocks_for(std::size_t n, std::size_t per_block) {
 /// \param p the pointer. \param bytes a power of two. \return `p % bytes == 0`.
 inline bool aligned(void const* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+/// \brief In a kernel launched with `launch` (a programmatic dependent): wait until the kernel
+/// before it on the stream has finished and its writes are visible. Call it before reading what
+/// that kernel writes, or writing what it reads. A no-op for an ordinary launch, and before Hopper.
+__device__ inline void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// \brief In any kernel: let the next kernel on the stream, if launched with `launch`, start its
+/// blocks now; they still wait in `wait_for_previous_kernel` for this one to finish.
+__device__ inline void allow_next_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/// \brief Launch `kernel` on `stream` as a programmatic dependent of the kernel before it: its
+/// blocks may start while that kernel finishes, up to their `wait_for_previous_kernel`. In a chain
+/// of small kernels (a decoding step) this hides each launch behind the previous kernel's tail.
+/// The kernel must call `wait_for_previous_kernel` before touching its predecessor's data.
+/// \param kernel the `__global__` function. \param grid,block the launch shape.
+/// \param shared dynamic shared memory in bytes. \param stream the stream.
+/// \param what names the launch in errors. \param args the kernel's arguments.
+/// \throws ssm::error if the launch fails.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t stream,
+            char const* what, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what);
 }
 
 }  // namespace ssm::cuda

@@ -59,6 +59,8 @@ __global__ void __launch_bounds__(step_threads)
     dt_state_update(T const* __restrict__ x_dbl, Wt const* __restrict__ dt_proj, float const* __restrict__ dt_bias,
                     float const* __restrict__ A, float const* __restrict__ skip, T const* __restrict__ xz,
                     T const* __restrict__ xc, float* __restrict__ state, T* __restrict__ y, int D, int R, int N) {
+  allow_next_kernel();
+  wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
   int const lane = static_cast<int>(threadIdx.x) % 32;
   int const d = static_cast<int>(blockIdx.x) * (step_threads / 32) + static_cast<int>(threadIdx.x) / 32;
   int const b = static_cast<int>(blockIdx.y);
@@ -119,12 +121,11 @@ struct mamba_step_backend<Kokkos::Cuda> {
     causal_conv1d_update(space, conv);
     linear(space, linear_params<T, Wt, MemSpace>{strided<const T, MemSpace>(p.xc, B, D, D, 1), w.x_proj_weight, {},
                                                  strided<T, MemSpace>(p.x_dbl, B, xw, xw, 1)});
-    cuda::kernels::dt_state_update<T, Wt>
-        <<<dim3(cuda::blocks_for(D, cuda::kernels::step_threads / 32), static_cast<unsigned>(B)), cuda::kernels::step_threads,
-           0, cuda::stream(space)>>>(p.x_dbl, w.dt_proj_weight.data(), w.dt_proj_bias.data(), w.A.data(), w.D.data(),
-                                     p.xz, p.xc, p.ssm_state, p.y, static_cast<int>(D), static_cast<int>(R),
-                                     static_cast<int>(N));
-    cuda::check_launch("ssm::mamba_mixer::step (CUDA): dt_state_update");
+    cuda::launch(cuda::kernels::dt_state_update<T, Wt>, dim3(cuda::blocks_for(D, cuda::kernels::step_threads / 32),
+                                                                static_cast<unsigned>(B)),
+                 dim3(cuda::kernels::step_threads), 0, cuda::stream(space), "ssm::mamba_mixer::step (CUDA): dt_state_update",
+                 p.x_dbl, w.dt_proj_weight.data(), w.dt_proj_bias.data(), w.A.data(), w.D.data(), p.xz, p.xc,
+                 p.ssm_state, p.y, static_cast<int>(D), static_cast<int>(R), static_cast<int>(N));
   }
 };
 

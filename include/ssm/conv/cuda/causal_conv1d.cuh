@@ -140,12 +140,14 @@ struct conv_update_args {
 template <int W, class T, class Wt>
 __global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_update_kernel(conv_update_args<T, Wt> const a) {
   constexpr int history = W - 1;
+  allow_next_kernel();
   int const d = static_cast<int>(blockIdx.x) * conv_channels_per_block + static_cast<int>(threadIdx.x);
   if (d >= a.channels) return;
   float w[W];
 #pragma unroll
   for (int k = 0; k < W; ++k) w[k] = to_float(a.weight[d * a.weight_d + k * a.weight_k]);
   float const beta = a.has_bias ? to_float(a.bias[d * a.bias_d]) : 0.0f;
+  wait_for_previous_kernel();  // launched as a programmatic dependent: the weights are read first
   for (std::int64_t b = blockIdx.y; b < a.batch; b += gridDim.y) {
     T* state = a.state + b * a.state_b + d * a.state_d;
     T s[W];  // s[0 .. W-2] the state, s[W-1] this token's input
@@ -291,10 +293,9 @@ struct causal_conv1d_backend<Kokkos::Cuda> {
                     cuda::detail::grid_y(static_cast<std::int64_t>(s.batch)));
     dim3 const block(cuda::detail::conv_channels_per_block);
     cuda::detail::with_conv_width(static_cast<int>(s.width), [&](auto width) {
-      cuda::detail::causal_conv1d_update_kernel<decltype(width)::value, T, Wt>
-          <<<grid, block, 0, cuda::stream(space)>>>(a);
+      cuda::launch(cuda::detail::causal_conv1d_update_kernel<decltype(width)::value, T, Wt>, grid, block, 0,
+                   cuda::stream(space), "ssm::causal_conv1d_update::cuda", a);
     });
-    cuda::check_launch("ssm::causal_conv1d_update::cuda");
   }
 };
 

@@ -56,14 +56,6 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
   }
 }
 
-/// \brief Wait until the kernel before this one on the stream has finished and its writes are
-/// visible (a no-op unless this kernel was launched as its programmatic dependent).
-__device__ inline void wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
 ///
 /// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads. A warp computes `Rows` consecutive
@@ -103,6 +95,7 @@ __global__ void __launch_bounds__(gemv_threads)
   bool const active = n0 < N;
   uint4 current[depth][Rows];
   int first = part * 32 + lane;
+  allow_next_kernel();
   if (active) fetch(first, current);
   wait_for_previous_kernel();
   for (; active && first < pieces; first += depth * stride) {
@@ -201,32 +194,26 @@ void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx
   while (!tall && split < 8 && static_cast<long>(N) * split < 16L * processors) split *= 2;
   int const outputs_per_block = (tall ? 2 : 1) * (kernels::gemv_threads / 32) / split;
   unsigned const blocks = blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(outputs_per_block));
-  // Launched as a programmatic dependent of the kernel before it on the stream (Hopper and
-  // later; elsewhere the attribute is ignored), so that its weights start streaming early.
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kernels::gemv_threads);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  auto launch = [&](auto rows) {
+  // Launched as a programmatic dependent of the kernel before it, so that its weights start
+  // streaming while that kernel finishes.
+  auto launch_rows = [&](auto rows) {
     constexpr int m = decltype(rows)::value;
-    check(tall ? cudaLaunchKernelEx(&config, kernels::gemv<m, 2, T, Wt>, x, ldx, w, ldw, bias, y, ldy, N, K, split)
-               : cudaLaunchKernelEx(&config, kernels::gemv<m, 1, T, Wt>, x, ldx, w, ldw, bias, y, ldy, N, K, split),
-          "ssm::linear (CUDA gemv): launch");
+    if (tall)
+      launch(kernels::gemv<m, 2, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream, "ssm::linear (CUDA gemv)",
+             x, ldx, w, ldw, bias, y, ldy, N, K, split);
+    else
+      launch(kernels::gemv<m, 1, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream, "ssm::linear (CUDA gemv)",
+             x, ldx, w, ldw, bias, y, ldy, N, K, split);
   };
   switch (M) {
-    case 1: launch(std::integral_constant<int, 1>{}); break;
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 3: launch(std::integral_constant<int, 3>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    case 5: launch(std::integral_constant<int, 5>{}); break;
-    case 6: launch(std::integral_constant<int, 6>{}); break;
-    case 7: launch(std::integral_constant<int, 7>{}); break;
-    default: launch(std::integral_constant<int, 8>{}); break;
+    case 1: launch_rows(std::integral_constant<int, 1>{}); break;
+    case 2: launch_rows(std::integral_constant<int, 2>{}); break;
+    case 3: launch_rows(std::integral_constant<int, 3>{}); break;
+    case 4: launch_rows(std::integral_constant<int, 4>{}); break;
+    case 5: launch_rows(std::integral_constant<int, 5>{}); break;
+    case 6: launch_rows(std::integral_constant<int, 6>{}); break;
+    case 7: launch_rows(std::integral_constant<int, 7>{}); break;
+    default: launch_rows(std::integral_constant<int, 8>{}); break;
   }
 }
 

@@ -120,6 +120,8 @@ __device__ inline float row_sum(float v) {
 /// \tparam Vec features per access: 1 (any strides) or `rms_norm_vector` (stride 1, aligned rows).
 template <int Vec, class T, class Wt>
 __global__ void __launch_bounds__(rms_norm_max_lanes) rms_norm_kernel(rms_norm_args<T, Wt> const a) {
+  allow_next_kernel();
+  wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
   constexpr int cached = rms_norm_cached_per_thread / Vec;  // vectors in registers
   int const lane = static_cast<int>(threadIdx.x), lanes = static_cast<int>(blockDim.x);
   std::int64_t const row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -278,8 +280,7 @@ struct rms_norm_backend<Kokkos::Cuda> {
     std::size_t const rows_per_block = std::max<std::size_t>(1, cuda::detail::rms_norm_min_block / lanes);
     dim3 const block(static_cast<unsigned>(lanes), static_cast<unsigned>(rows_per_block));
     dim3 const grid(cuda::blocks_for(static_cast<std::size_t>(a.rows), rows_per_block));
-    cuda::detail::rms_norm_kernel<Vec, T, Wt><<<grid, block, 0, cuda::stream(space)>>>(a);
-    cuda::check_launch("ssm::rms_norm::cuda");
+    cuda::launch(cuda::detail::rms_norm_kernel<Vec, T, Wt>, grid, block, 0, cuda::stream(space), "ssm::rms_norm::cuda", a);
   }
 };
 
