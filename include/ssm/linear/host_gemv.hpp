@@ -5,8 +5,8 @@
 /// With M <= 8 rows of activations, a dense layer is a matrix-vector product bound by the speed
 /// at which the weights stream from memory. Each work item takes a few output features, widens
 /// each weight row once (16-bit weights are widened in registers: no fp32 copy is ever made) and
-/// dots it with every activation row, 16 independent partial sums at a time so that the loop
-/// vectorizes. The items run in parallel on the host execution space's threads.
+/// dots it with every activation row, 32 independent partial sums at a time so that the loop
+/// vectorizes and its FMA chains overlap. The items run in parallel on the host execution space's threads.
 
 #include <cstddef>
 #include <string>
@@ -65,7 +65,9 @@ void linear_few_rows(ExecSpace const& space, XView const& x, WView const& weight
           Wt const* const w = w0 + static_cast<std::size_t>(n) * row_stride;
           for (int m = 0; m < M; ++m) {
             float const* const xm = x0 + static_cast<std::size_t>(m) * x_row;
-            constexpr int lanes = 16;
+            // 32 independent partial sums: four AVX2 registers, so that four FMA chains hide
+            // each other's latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32)
+            constexpr int lanes = 32;
             float partial[lanes] = {};
             int k = 0;
             for (; k + lanes <= K; k += lanes)
