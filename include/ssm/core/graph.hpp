@@ -23,17 +23,13 @@ class graph {
   /// \brief Record `work`, which enqueues its kernels on `space` (nothing runs now).
   /// \param space the execution space instance the work enqueues on.
   /// \param work a callable; it must enqueue the same work whenever called.
-  void record(ExecSpace const& space, std::function<void()> work) {
-    space_ = space;
-    work_ = std::move(work);
-  }
+  void record([[maybe_unused]] ExecSpace const& space, std::function<void()> work) { work_ = std::move(work); }
   /// \brief Enqueue the recorded work again (asynchronous, like the work itself).
   void replay() const { work_(); }
   /// \brief Whether something was recorded. \return true after `record`.
   bool recorded() const { return static_cast<bool>(work_); }
 
  private:
-  ExecSpace space_;
   std::function<void()> work_;
 };
 

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// \brief Linear layers on `Kokkos::Cuda` through cuBLASLt, fp32 accumulation.
+/// \brief Linear layers on `Kokkos::Cuda`: cuBLASLt, and the choice between it, the
+/// weight-streaming GEMV (`gemv.cuh`) and the portable kernel; fp32 accumulation throughout.
 ///
 /// \f$y = x W^\top + b\f$ with row-major x (M, K), W (N, K) and y (M, N) is, read column-major,
 /// \f$y^\top (N \times M) = W^\top{}' \cdot x^\top\f$: A = W seen as a column-major (K, N) matrix
@@ -8,8 +9,8 @@
 /// vector over the N rows of that column-major result. A plan (descriptors and the algorithm the
 /// heuristic chose) is made once per shape, leading dimensions, pointer alignment and type, and
 /// reused: decoding calls the same few shapes thousands of times, and a CUDA graph can capture the
-/// calls. Activations and weights of different types (fp32 activations over bf16 weights), or
-/// rows that are not contiguous, go to the portable Kokkos kernel, which handles any strides.
+/// calls. cuBLASLt needs activations and weights of one type and contiguous rows; few rows of
+/// mixed types go to the GEMV, and what neither takes to the portable Kokkos kernel.
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
