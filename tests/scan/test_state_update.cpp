@@ -1,5 +1,6 @@
 // selective_state_update: a hand-derived step, and L steps equal a scan over L tokens.
 #include <cmath>
+#include <string_view>
 
 #include <ssm/scan/selective_scan.hpp>
 #include <ssm/scan/state_update.hpp>
@@ -33,10 +34,14 @@ TEST_CASE("selective state update: one step by hand", "[state_update]") {
 TEMPLATE_TEST_CASE("selective state update: L steps equal a scan over L tokens", "[state_update]", float, f16, bf16) {
   using T = TestType;
   for (scan_sizes sizes : {scan_sizes{1, 1, 1, 1, 1}, scan_sizes{2, 19, 9, 16, 1}, scan_sizes{3, 12, 5, 7, 4},
-                           scan_sizes{1, 5, 4, 130, 1}}) {
+                           scan_sizes{1, 5, 4, 130, 1}, scan_sizes{2, 37, 3, 16, 1}}) {
     scan_case<T> scan(sizes, 21);
     reference::selective_scan(scan.params());
-    for (bool use_reference : {true, false}) {
+    // the reference; the Kokkos path on strided slices of the scan's tensors; and on
+    // contiguous copies of them, the layout the mixer uses (a separate, vectorized loop)
+    for (char const* mode : {"reference", "kokkos strided", "kokkos contiguous"}) {
+      bool const use_reference = std::string_view(mode) == "reference";
+      bool const contiguous = std::string_view(mode) == "kokkos contiguous";
       scan_case<T> steps(sizes, 21);
       host3<float> state("state", sizes.batch, sizes.channels, sizes.state);
       Kokkos::deep_copy(state, steps.initial_state);
@@ -49,6 +54,14 @@ TEMPLATE_TEST_CASE("selective state update: L steps equal a scan over L tokens",
         p.A = steps.A;
         p.B = Kokkos::subview(steps.B, all, all, all, l);
         p.C = Kokkos::subview(steps.C, all, all, all, l);
+        Kokkos::View<T***, Kokkos::LayoutRight, Kokkos::HostSpace> B_l("B_l", sizes.batch, sizes.groups, sizes.state),
+            C_l("C_l", sizes.batch, sizes.groups, sizes.state);
+        if (contiguous) {
+          Kokkos::deep_copy(B_l, p.B);
+          Kokkos::deep_copy(C_l, p.C);
+          p.B = B_l;
+          p.C = C_l;
+        }
         p.D = steps.D;
         p.z = Kokkos::subview(steps.z, all, all, l);
         p.dt_bias = steps.delta_bias;
@@ -61,7 +74,7 @@ TEMPLATE_TEST_CASE("selective state update: L steps equal a scan over L tokens",
           space().fence();
         }
       }
-      INFO((use_reference ? "reference " : "kokkos ") << sizes.name());
+      INFO(mode << " " << sizes.name());
       require_close(steps.out, scan.out, scan.output_tolerance(max_abs(scan.out)), "outputs");
       require_close(state, scan.final_state,
                     derived_tolerance<float>(sizes.length * sizes.state, max_abs(scan.final_state)), "state");

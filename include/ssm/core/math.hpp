@@ -38,7 +38,7 @@ KOKKOS_INLINE_FUNCTION float silu(float x) { return x / (1.0f + compat::exp(-x))
 /// 10^{-38}\f$ nears the subnormal floats, the result flushes to zero; above, where \f$e^x > 2.1 \cdot
 /// 10^{38}\f$ nears the largest float, it is infinity.
 /// \param x the exponent. \return \f$e^x\f$.
-KOKKOS_INLINE_FUNCTION float fast_exp(float x) {
+KOKKOS_FORCEINLINE_FUNCTION float fast_exp(float x) {
   // The range checks are integer compares of the bits, combined as masks: float compares and
   // selects would not vectorize unless the caller compiles with -fno-trapping-math.
   std::uint32_t const bits = detail::bit_cast<std::uint32_t>(x);
@@ -72,7 +72,7 @@ KOKKOS_INLINE_FUNCTION float fast_exp(float x) {
 /// \f$m - 1\f$. Relative error of a few units in the last place. Zero, negative, subnormal,
 /// infinite and NaN arguments give unspecified results: callers keep \f$y\f$ in range.
 /// \param y a positive normal float. \return \f$\log y\f$.
-KOKKOS_INLINE_FUNCTION float fast_log(float y) {
+KOKKOS_FORCEINLINE_FUNCTION float fast_log(float y) {
   std::uint32_t const bits = detail::bit_cast<std::uint32_t>(y);
   std::int32_t exponent = static_cast<std::int32_t>((bits >> 23) & 0xFFu) - 126;
   std::uint32_t const mantissa_bits = (bits & 0x007FFFFFu) | 0x3F000000u;  // m in [0.5, 1)
@@ -104,7 +104,7 @@ KOKKOS_INLINE_FUNCTION float fast_log(float y) {
 /// cancels the rounding of \f$y\f$ (Goldberg's `log1p`); \f$x\f$ itself above 20, as torch does.
 /// Agrees with `ssm::softplus` to a few units in the last place.
 /// \param x any float. \return \f$\mathrm{softplus}(x)\f$.
-KOKKOS_INLINE_FUNCTION float fast_softplus(float x) {
+KOKKOS_FORCEINLINE_FUNCTION float fast_softplus(float x) {
   std::uint32_t const bits = detail::bit_cast<std::uint32_t>(x);
   std::uint32_t const keep = 0u - static_cast<std::uint32_t>(((bits > 0x41A00000u) & (bits < 0x80000000u)) |
                                                              ((bits & 0x7FFFFFFFu) > 0x7F800000u));  // x > 20, NaN
@@ -120,7 +120,7 @@ KOKKOS_INLINE_FUNCTION float fast_softplus(float x) {
 
 /// \brief `silu` \f$x / (1 + e^{-x})\f$ through `fast_exp`, so that loops of it vectorize.
 /// \param x any float. \return \f$x\,\sigma(x)\f$.
-KOKKOS_INLINE_FUNCTION float fast_silu(float x) { return x / (1.0f + fast_exp(-x)); }
+KOKKOS_FORCEINLINE_FUNCTION float fast_silu(float x) { return x / (1.0f + fast_exp(-x)); }
 
 /// \brief The smaller of two values (Kokkos 3.4 has no `Kokkos::min`).
 /// \tparam T any type with `operator<`.

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
@@ -136,29 +137,53 @@ struct selective_state_update_backend {
     int const state = static_cast<int>(s.state);
     int const channels_per_group = static_cast<int>(s.channels / s.groups);
     bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias);
+    // the usual layout: every state, A, B and C row contiguous along n, so that the loop over
+    // n runs on raw pointers and vectorizes (strided views keep the compiler from it)
+    bool const unit_n = p.state.stride(2) == 1 && p.A.stride(1) == 1 && p.B.stride(2) == 1 && p.C.stride(2) == 1;
+    // on the host a work item takes a run of channels, so that their softplus vectorizes too;
+    // on a GPU a thread per channel
+    constexpr int run = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 16 : 1;
+    int const runs = (channels + run - 1) / run;
     auto const params = p;
     Kokkos::parallel_for(
         "ssm::selective_state_update::kokkos",
-        compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * channels)),
+        compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * runs)),
         KOKKOS_LAMBDA(int const item) {
           auto const& q = params;
-          int const b = item / channels;
-          int const d = item % channels;
-          int const g = d / channels_per_group;
-          float dt = to_float(q.dt(b, d));
-          if (has_bias) dt += q.dt_bias(d);
-          if (q.dt_softplus) dt = fast_softplus(dt);
-          float const x = to_float(q.x(b, d));
-          float const dt_x = dt * x;
-          float y = 0.0f;
-          for (int n = 0; n < state; ++n) {
-            float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
-            q.state(b, d, n) = h;
-            y += to_float(q.C(b, g, n)) * h;
+          int const b = item / runs;
+          int const d0 = (item % runs) * run;
+          int const count = channels - d0 < run ? channels - d0 : run;
+          float dts[run];
+          for (int j = 0; j < count; ++j) dts[j] = to_float(q.dt(b, d0 + j)) + (has_bias ? q.dt_bias(d0 + j) : 0.0f);
+          if (q.dt_softplus)
+            for (int j = 0; j < count; ++j) dts[j] = fast_softplus(dts[j]);
+          for (int j = 0; j < count; ++j) {
+            int const d = d0 + j;
+            int const g = d / channels_per_group;
+            float const dt = dts[j];
+            float const x = to_float(q.x(b, d));
+            float const dt_x = dt * x;
+            float y = 0.0f;
+            if (unit_n) {
+              float* const h = &q.state(b, d, 0);
+              float const* const a = &q.A(d, 0);
+              T const* const bn = &q.B(b, g, 0);
+              T const* const cn = &q.C(b, g, 0);
+              for (int n = 0; n < state; ++n) {
+                h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(bn[n]);
+                y += to_float(cn[n]) * h[n];
+              }
+            } else {
+              for (int n = 0; n < state; ++n) {
+                float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
+                q.state(b, d, n) = h;
+                y += to_float(q.C(b, g, n)) * h;
+              }
+            }
+            if (has_D) y += q.D(d) * x;
+            if (has_z) y *= fast_silu(to_float(q.z(b, d)));
+            q.out(b, d) = from_float<T>(y);
           }
-          if (has_D) y += q.D(d) * x;
-          if (has_z) y *= fast_silu(to_float(q.z(b, d)));
-          q.out(b, d) = from_float<T>(y);
         });
   }
 };
