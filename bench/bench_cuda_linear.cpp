@@ -4,10 +4,16 @@
 // through cuBLASLt. Each is timed with CUDA events: three warm-up calls, then the median of 50.
 // The rate counts the weights read once; the fraction is of the device-to-device copy rate
 // measured in the same run (bytes read plus written).
+//
+// Then each layer as a decoding step sees it: a CUDA graph of back-to-back launches, each on its
+// own copy of the weights (together several times the L2), timed per launch; for one row, the
+// kernel's variants too with `--variants` (outputs per warp, loads per batch, warps per output),
+// so that its choices can be checked on the GPU at hand.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <string_view>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -22,7 +28,31 @@ using space = Kokkos::Cuda;
 using memory = Kokkos::CudaSpace;
 using T = ssm::bf16;
 
+using ssm::bench::graph_ms;
 using ssm::bench::median_ms;
+using view2 = Kokkos::View<T**, Kokkos::LayoutRight, memory>;
+
+/// One variant of the matrix-vector kernel: outputs per warp, loads per batch, warps per output.
+struct variant {
+  int rows, depth, split;
+};
+
+/// Enqueue `v` on `s` for one row (the variants the benchmark tries).
+void gemv_variant(space const& s, variant v, int N, int K, view2 const& x, view2 const& w, view2 const& y) {
+  auto run = [&](auto rows, auto depth) {
+    ssm::cuda::detail::gemv_with<decltype(rows)::value, decltype(depth)::value, T, T>(
+        ssm::cuda::stream(s), v.split, 1, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
+  };
+  using std::integral_constant;
+  auto with_depth = [&](auto rows) {
+    if (v.depth == 2) run(rows, integral_constant<int, 2>{});
+    else if (v.depth == 4) run(rows, integral_constant<int, 4>{});
+    else run(rows, integral_constant<int, 8>{});
+  };
+  if (v.rows == 1) with_depth(integral_constant<int, 1>{});
+  else if (v.rows == 2) with_depth(integral_constant<int, 2>{});
+  else with_depth(integral_constant<int, 4>{});
+}
 
 /// Fill with a hash of the index, uniform in [-0.5, 0.5): quick for 260 MB and never zeros.
 void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
@@ -37,6 +67,7 @@ void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bool const variants = argc > 1 && std::string_view(argv[1]) == "--variants";
   Kokkos::initialize(argc, argv);
   {
     space s;
@@ -67,6 +98,46 @@ int main(int argc, char** argv) {
                                                       y.data(), N);
                }));
       }
+    }
+
+    std::printf("\nIn a CUDA graph, back to back, each launch on its own weights (no reuse in L2), "
+                "microseconds per launch:\n\n");
+    std::printf("| layer | rows | kernel | us | weights GB/s | of the copy rate |\n|---|---:|---|---:|---:|---:|\n");
+    for (auto const& [name, N, K] : {shape{"in_proj", 10240, 2560}, shape{"x_proj", 192, 5120},
+                                     shape{"out_proj", 2560, 5120}, shape{"lm_head", 50280, 2560}}) {
+      double const bytes = 2.0 * N * K;
+      int const copies = static_cast<int>(std::max(4.0, 1.2e9 / bytes));
+      std::vector<view2> ws;
+      for (int i = 0; i < copies; ++i) {
+        ws.emplace_back("w", N, K);
+        fill(ws.back());
+      }
+      view2 x("x", 8, K), y("y", 8, N);
+      fill(x);
+      auto report = [&](int M, char const* kernel, std::function<void(view2 const&)> const& one) {
+        double const us = 1e3 * graph_ms(s, [&] {
+                            for (auto const& w : ws) one(w);
+                          }) / copies;
+        double const GBps = bytes / us / 1e3;
+        std::printf("| %s | %d | %s | %.2f | %.0f | %.0f%% |\n", name, M, kernel, us, GBps, 100.0 * GBps / copy_GBps);
+      };
+      for (int M : {1, 8}) {
+        report(M, "ssm gemv", [&](view2 const& w) {
+          ssm::cuda::gemv<T, T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
+        });
+        report(M, "cuBLASLt", [&](view2 const& w) {
+          ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr,
+                                               y.data(), N);
+        });
+      }
+      if (!variants) continue;
+      for (int rows : {1, 2, 4})
+        for (int depth : {2, 4, 8})
+          for (int split : {1, 2, 4, 8}) {
+            char label[64];
+            std::snprintf(label, sizeof label, "gemv rows %d depth %d split %d", rows, depth, split);
+            report(1, label, [&](view2 const& w) { gemv_variant(s, {rows, depth, split}, N, K, x, w, y); });
+          }
     }
   }
   Kokkos::finalize();

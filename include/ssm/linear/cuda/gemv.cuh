@@ -5,12 +5,14 @@
 ///
 /// In a decoding step each weight is used by B <= 8 rows only, so the product is bound by reading
 /// the weights; what matters is having enough 16-byte loads in flight on every multiprocessor.
-/// Each warp computes one or two output features (or a slice of K of one when there are few
-/// outputs, so that a short matrix such as x_proj's still spreads over the whole GPU): its lanes
-/// read consecutive 16-byte pieces of the weight rows, four loop iterations unrolled, and the
-/// matching pieces of every activation row (small enough to stay in L1). Each lane accumulates
-/// in fp32; a warp reduction, then the warps of a feature in order through shared memory, give
-/// the same sums on every run.
+/// Each warp computes one output feature (or a slice of K of one when there are few outputs, so
+/// that a short matrix such as x_proj's still spreads over the whole GPU): its lanes read
+/// consecutive 16-byte pieces of the weight row, a batch in flight while the previous one is
+/// multiplied, and the matching pieces of every activation row (small enough to stay in L1).
+/// Each lane accumulates in fp32; a warp reduction, then the warps of a feature in order through
+/// shared memory, give the same sums on every run. The body, `kernels::gemv_block`, takes a
+/// prologue, an activation loader and a store, so that a decoding step can fuse its neighbours
+/// into the product (`ssm/blocks/cuda/mamba_step.cuh`).
 
 #include <cuda_runtime.h>
 
@@ -56,17 +58,25 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
   }
 }
 
-/// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
+/// \brief The body of the matrix-vector kernels: one block's outputs of y (M, N) = x (M, K) W^T,
+/// fp32 sums; K a multiple of 16 / sizeof(Wt).
 ///
-/// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads. A warp computes `Rows` consecutive
-/// outputs (sharing each activation load between them), or, with `split` > 1, a 1/split slice of
-/// K of them, the `split` warps of a group adding their sums in order through shared memory.
-/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 or 2).
-/// \tparam T activation type. \tparam Wt weight type.
-template <int M, int Rows, class T, class Wt>
-__global__ void __launch_bounds__(gemv_threads)
-    gemv(T const* __restrict__ x, std::int64_t ldx, Wt const* __restrict__ w, std::int64_t ldw,
-         Wt const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int N, int K, int split) {
+/// A warp computes `Rows` consecutive outputs (sharing each activation load between them), or,
+/// with `split` > 1, a 1/split slice of K of them, the `split` warps of a group adding their sums
+/// in order through shared memory. Every thread of the block must call it. The three callables
+/// let a kernel fuse work around the product:
+/// - `prologue()` runs after the first batch of weights is requested and before any activation
+///   is read: it must wait for the previous kernel (`wait_for_previous_kernel`), and may prepare
+///   the activations (every thread calls it; it must end with `__syncthreads()` if it writes
+///   shared memory);
+/// - `activations(m, p, out)` gives the 16 / sizeof(Wt) activations of row m at piece p, widened;
+/// - `store(m, n, sum)` takes each finished output, called by one thread per (m, n).
+/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 to 4).
+/// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
+/// \tparam Wt weight type.
+template <int M, int Rows, int Depth, class Wt, class Prologue, class Activations, class Store>
+__device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, int N, int K, int split,
+                                  Prologue&& prologue, Activations&& activations, Store&& store) {
   constexpr int vec = 16 / sizeof(Wt);  // weights per 16-byte load
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   int const groups_per_block = (gemv_threads / 32) / split;
@@ -77,7 +87,7 @@ __global__ void __launch_bounds__(gemv_threads)
   // current one is multiplied. The first batch is requested before waiting for the kernel that
   // writes x: launched as a programmatic dependent, this kernel starts streaming its weights
   // while that kernel is still finishing.
-  constexpr int depth = 4;
+  constexpr int depth = Depth;
   int const pieces = K / vec, stride = 32 * split;
   Wt const* rows[Rows];
 #pragma unroll
@@ -97,7 +107,7 @@ __global__ void __launch_bounds__(gemv_threads)
   int first = part * 32 + lane;
   allow_next_kernel();
   if (active) fetch(first, current);
-  wait_for_previous_kernel();
+  prologue();
   for (; active && first < pieces; first += depth * stride) {
     uint4 next[depth][Rows];
     fetch(first + depth * stride, next);
@@ -111,7 +121,7 @@ __global__ void __launch_bounds__(gemv_threads)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xv[vec];
-        load_float<T, vec>(x + m * ldx + static_cast<std::int64_t>(p) * vec, xv);
+        activations(m, p, xv);
 #pragma unroll
         for (int r = 0; r < Rows; ++r)
 #pragma unroll
@@ -140,10 +150,29 @@ __global__ void __launch_bounds__(gemv_threads)
     if (n < N) {
       float sum = 0.0f;
       for (int s = 0; s < split; ++s) sum += partial[warp + s][r][m];
-      if (bias) sum += to_float(bias[n]);
-      y[m * ldy + n] = from_float<T>(sum);
+      store(m, n, sum);
     }
   }
+}
+
+/// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
+///
+/// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads; see `gemv_block`.
+/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 to 4).
+/// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
+/// \tparam T activation type. \tparam Wt weight type.
+template <int M, int Rows, int Depth, class T, class Wt>
+__global__ void __launch_bounds__(gemv_threads)
+    gemv(T const* __restrict__ x, std::int64_t ldx, Wt const* __restrict__ w, std::int64_t ldw,
+         Wt const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int N, int K, int split) {
+  constexpr int vec = 16 / sizeof(Wt);
+  gemv_block<M, Rows, Depth>(
+      w, ldw, N, K, split, [] { wait_for_previous_kernel(); },
+      [&](int m, int p, float (&out)[vec]) { load_float<T, vec>(x + m * ldx + static_cast<std::int64_t>(p) * vec, out); },
+      [&](int m, int n, float sum) {
+        if (bias) sum += to_float(bias[n]);
+        y[m * ldy + n] = from_float<T>(sum);
+      });
 }
 
 }  // namespace kernels
@@ -177,33 +206,42 @@ inline int multiprocessors() {
   return count;
 }
 
-/// \brief Enqueue y = x W^T + b on `stream` (see the file comment); `gemv_applies` must hold.
-/// \param stream the stream. \param M,N,K sizes. \param x (M, K) rows `ldx` apart.
-/// \param w (N, K) rows `ldw` apart. \param bias (N) or null. \param y (M, N) rows `ldy` apart.
-/// \param ldx,ldw,ldy row pitches in elements.
-template <class T, class Wt>
-  requires gemv_types<T, Wt>
-void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx, Wt const* w, std::int64_t ldw,
-          Wt const* bias, T* y, std::int64_t ldy) {
-  int const processors = multiprocessors();
-  // Tall matrices: two outputs per warp, so that every warp is resident at once (64 per
-  // multiprocessor) instead of a last, partial wave of blocks. Short ones: split K over up to 8
-  // warps, so that enough loads are in flight on every multiprocessor.
-  bool const tall = N >= 8192;
+/// \brief How the matrix-vector kernel covers N outputs: warps per output and loads per batch.
+struct gemv_shape {
+  int split;  ///< warps per output, each over a slice of K (1, 2, 4 or 8)
+  int depth;  ///< 16-byte pieces per lane in a batch of loads (2 or 4)
+};
+
+/// \brief The shape for N outputs on the current device: one output per warp, and K split over
+/// as many warps as it takes to have 32 warps per multiprocessor (at most 8), in batches of 2
+/// loads, or 4 when split 8 ways. Measured on an H200 with `bench_cuda_linear` (back-to-back
+/// launches in a graph, 2.8B shapes): in_proj 15.6 µs, out_proj 8.2 (split 2), x_proj 2.2
+/// (split 8), lm_head 63 (97% of the copy rate); two outputs per warp and deeper batches were
+/// slower at every shape.
+/// \param N output features. \return the shape.
+inline gemv_shape gemv_shape_for(int N) {
+  long const wanted = 32L * multiprocessors();
   int split = 1;
-  while (!tall && split < 8 && static_cast<long>(N) * split < 16L * processors) split *= 2;
-  int const outputs_per_block = (tall ? 2 : 1) * (kernels::gemv_threads / 32) / split;
+  while (split < 8 && static_cast<long>(N) * split < wanted) split *= 2;
+  return {split, split == 8 ? 4 : 2};
+}
+
+namespace detail {
+
+/// \brief Enqueue the kernel with `Rows` outputs per warp, batches of `Depth` loads, and K split
+/// over `split` warps (1, 2, 4 or 8); `gemv` below chooses these, benchmarks try others.
+/// \tparam Rows outputs per warp. \tparam Depth pieces per lane and row in a batch.
+template <int Rows, int Depth, class T, class Wt>
+void gemv_with(cudaStream_t stream, int split, int M, int N, int K, T const* x, std::int64_t ldx, Wt const* w,
+               std::int64_t ldw, Wt const* bias, T* y, std::int64_t ldy) {
+  int const outputs_per_block = Rows * (kernels::gemv_threads / 32) / split;
   unsigned const blocks = blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(outputs_per_block));
   // Launched as a programmatic dependent of the kernel before it, so that its weights start
   // streaming while that kernel finishes.
   auto launch_rows = [&](auto rows) {
     constexpr int m = decltype(rows)::value;
-    if (tall)
-      launch(kernels::gemv<m, 2, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream, "ssm::linear (CUDA gemv)",
-             x, ldx, w, ldw, bias, y, ldy, N, K, split);
-    else
-      launch(kernels::gemv<m, 1, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream, "ssm::linear (CUDA gemv)",
-             x, ldx, w, ldw, bias, y, ldy, N, K, split);
+    launch(kernels::gemv<m, Rows, Depth, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream,
+           "ssm::linear (CUDA gemv)", x, ldx, w, ldw, bias, y, ldy, N, K, split);
   };
   switch (M) {
     case 1: launch_rows(std::integral_constant<int, 1>{}); break;
@@ -215,6 +253,24 @@ void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx
     case 7: launch_rows(std::integral_constant<int, 7>{}); break;
     default: launch_rows(std::integral_constant<int, 8>{}); break;
   }
+}
+
+}  // namespace detail
+
+/// \brief Enqueue y = x W^T + b on `stream` (see the file comment); `gemv_applies` must hold.
+/// \param stream the stream. \param M,N,K sizes. \param x (M, K) rows `ldx` apart.
+/// \param w (N, K) rows `ldw` apart. \param bias (N) or null. \param y (M, N) rows `ldy` apart.
+/// \param ldx,ldw,ldy row pitches in elements.
+template <class T, class Wt>
+  requires gemv_types<T, Wt>
+void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx, Wt const* w, std::int64_t ldw,
+          Wt const* bias, T* y, std::int64_t ldy) {
+  gemv_shape const shape = gemv_shape_for(N);
+  auto with = [&](auto depth) {
+    detail::gemv_with<1, decltype(depth)::value>(stream, shape.split, M, N, K, x, ldx, w, ldw, bias, y, ldy);
+  };
+  if (shape.depth == 2) with(std::integral_constant<int, 2>{});
+  else with(std::integral_constant<int, 4>{});
 }
 
 }  // namespace ssm::cuda
