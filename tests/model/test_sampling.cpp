@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -168,6 +169,45 @@ TEST_CASE("sampling: the k largest logits and the penalty window's give the whol
     CAPTURE(trial);
     REQUIRE(part.distribution(pairs, history) == whole.distribution(row, history));
     for (int draw = 0; draw < 5; ++draw) REQUIRE(part.sample(pairs, history) == whole.sample(row, history));
+  }
+}
+
+TEST_CASE("sampling: argmax_rows and top_logits on the execution space agree with a sort of each row", "[sampling]") {
+  // Rows whose lengths are not multiples of the runs a thread reads, with ties, NaN and
+  // infinities; the oracle is a plain sort, largest first and ties by the smaller token.
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int V : {1, 7, 37, 301, 4099}) {
+    int const B = 3, count = std::min(V, 6);
+    Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> logits("logits", B, V);
+    for (int b = 0; b < B; ++b)
+      for (int v = 0; v < V; ++v) logits(b, v) = normal(rng);
+    if (V > 30) {
+      logits(0, 3) = logits(0, 29) = 50.0f;  // a tie for the first place: the smaller token wins
+      logits(1, 5) = std::nanf("");
+      logits(1, 6) = std::numeric_limits<float>::infinity();
+      logits(2, V - 1) = 40.0f;  // the last token, in the final partial run
+    }
+    Kokkos::View<std::int32_t*, Kokkos::HostSpace> tokens("tokens", B);
+    Kokkos::View<std::int32_t**, Kokkos::HostSpace> top("top", B, count);
+    Kokkos::View<float**, Kokkos::HostSpace> values("values", B, count);
+    test::space const exec;
+    argmax_rows(exec, view2<const float, test::memory>(logits), view1<std::int32_t, test::memory>(tokens));
+    top_logits(exec, view2<const float, test::memory>(logits), view2<std::int32_t, test::memory>(top),
+               view2<float, test::memory>(values));
+    exec.fence();
+    for (int b = 0; b < B; ++b) {
+      std::vector<int> order;
+      for (int v = 0; v < V; ++v)
+        if (!std::isnan(logits(b, v))) order.push_back(v);
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return logits(b, x) > logits(b, y); });
+      CAPTURE(V, b);
+      REQUIRE(tokens(b) == order[0]);
+      for (int i = 0; i < count; ++i) {
+        REQUIRE(top(b, i) == order[i]);
+        REQUIRE(values(b, i) == logits(b, order[i]));
+      }
+    }
   }
 }
 
