@@ -104,27 +104,40 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
       ssm::reference::selective_state_update(step(state_expected, steps.u, steps.delta, steps.A, steps.B, steps.C,
                                                   steps.D, steps.z, steps.delta_bias, out_expected, l));
 
-    // the portable Kokkos path, on the GPU
-    auto const state = gpu::to_device(steps.initial_state);
-    auto const u = gpu::to_device(steps.u), delta = gpu::to_device(steps.delta), z = gpu::to_device(steps.z);
-    auto const A = gpu::to_device(steps.A);
-    auto const D = gpu::to_device(steps.D), bias = gpu::to_device(steps.delta_bias);
-    auto const B = gpu::to_device(steps.B), C = gpu::to_device(steps.C);
-    gpu::dev3<T> out("out", sizes.batch, sizes.channels, sizes.length);
-    gpu::poison(out);
-    gpu::space space;
-    for (std::size_t l = 0; l < sizes.length; ++l)
-      ssm::selective_state_update(space, step(state, u, delta, A, B, C, D, z, bias, out, l));
-    space.fence();
+    // on the GPU: B and C as strided slices of the scan's (B, G, N, L) tensors (the portable
+    // path), and as contiguous copies, the mixer's layout (the CUDA kernel when N divides 32)
+    for (bool const contiguous : {false, true}) {
+      INFO((contiguous ? "contiguous B, C" : "strided B, C"));
+      auto const state = gpu::to_device(steps.initial_state);
+      auto const u = gpu::to_device(steps.u), delta = gpu::to_device(steps.delta), z = gpu::to_device(steps.z);
+      auto const A = gpu::to_device(steps.A);
+      auto const D = gpu::to_device(steps.D), bias = gpu::to_device(steps.delta_bias);
+      auto const B = gpu::to_device(steps.B), C = gpu::to_device(steps.C);
+      gpu::dev3<T> out("out", sizes.batch, sizes.channels, sizes.length);
+      gpu::poison(out);
+      gpu::space space;
+      gpu::dev3<T> B_l("B_l", sizes.batch, sizes.groups, sizes.state), C_l("C_l", sizes.batch, sizes.groups, sizes.state);
+      for (std::size_t l = 0; l < sizes.length; ++l) {
+        auto p = step(state, u, delta, A, B, C, D, z, bias, out, l);
+        if (contiguous) {
+          Kokkos::deep_copy(space, B_l, p.B);
+          Kokkos::deep_copy(space, C_l, p.C);
+          p.B = B_l;
+          p.C = C_l;
+        }
+        ssm::selective_state_update(space, p);
+      }
+      space.fence();
 
-    // Two fp32 evaluations of the same recurrence (the GPU with fast_exp, fast_softplus, fast_silu
-    // and FMAs): the outputs are sums of N products along L steps, rounded once to T; the state
-    // sums L N terms in fp32. The bounds of the host test of the state update.
-    ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
-                             "out");
-    ssm::test::require_close(gpu::to_host(state), state_expected,
-                             ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
-                                                                 ssm::test::max_abs(state_expected)),
-                             "state");
+      // Two fp32 evaluations of the same recurrence (the GPU with fast_exp, fast_softplus, fast_silu
+      // and FMAs): the outputs are sums of N products along L steps, rounded once to T; the state
+      // sums L N terms in fp32. The bounds of the host test of the state update.
+      ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
+                               "out");
+      ssm::test::require_close(gpu::to_host(state), state_expected,
+                               ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
+                                                                   ssm::test::max_abs(state_expected)),
+                               "state");
+    }
   }
 }

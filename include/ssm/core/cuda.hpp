@@ -52,6 +52,39 @@ inline bool aligned(void const* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
+/// \brief A view as a kernel argument: its first element and its strides in elements, so that
+/// kernels index it as the view does without the view's reference counting.
+/// \tparam T element type (const for inputs). \tparam Rank the view's rank.
+template <class T, int Rank>
+struct tensor_ref {
+  T* data = nullptr;                ///< the first element; null for an absent optional view
+  std::int64_t stride[Rank] = {};  ///< elements between neighbours along each dimension
+
+  /// \brief Whether the view was given. \return data != null.
+  __host__ __device__ explicit operator bool() const { return data != nullptr; }
+  /// \brief The element at the given indices. \param i one index per dimension.
+  /// \return a reference to it.
+  template <class... I>
+  __device__ T& operator()(I... i) const {
+    static_assert(sizeof...(I) == Rank, "one index per dimension");
+    std::int64_t offset = 0;
+    int k = 0;
+    ((offset += static_cast<std::int64_t>(i) * stride[k++]), ...);
+    return data[offset];
+  }
+};
+
+/// \brief The `tensor_ref` of a view (absent views give a null one).
+/// \param v a Kokkos view of rank 1 to 8. \return its pointer and strides.
+template <class View>
+auto ref(View const& v) {
+  constexpr int rank = static_cast<int>(View::rank);
+  tensor_ref<typename View::value_type, rank> r;
+  r.data = v.data();
+  for (int k = 0; k < rank; ++k) r.stride[k] = static_cast<std::int64_t>(v.stride(k));
+  return r;
+}
+
 /// \brief In a kernel launched with `launch` (a programmatic dependent): wait until the kernel
 /// before it on the stream has finished and its writes are visible. Call it before reading what
 /// that kernel writes, or writing what it reads. A no-op for an ordinary launch, and before Hopper.

@@ -115,16 +115,90 @@ void selective_state_update(selective_state_update_params<T, MemSpace> const& p)
 
 }  // namespace reference
 
+namespace detail {
+
+/// \brief Channels per work item of the portable state update: on the host a run of 16, so that
+/// their softplus vectorizes too; on a GPU a thread per channel.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+inline constexpr int state_update_channel_run = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 16 : 1;
+
+/// \brief The portable Kokkos state update: one work item per (batch, run of channels), with the
+/// same arithmetic as the scan's, so that L steps reproduce a scan over L tokens. The body of
+/// the primary `selective_state_update_backend`; callable on any execution space, so that the
+/// tests can run it where another backend takes over.
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the kernel runs on.
+/// \param p the checked tensors and flags; `p.state` is updated in place.
+/// \param s their sizes, as returned by the shape check (L = 1).
+template <class ExecSpace, class T, class MemSpace>
+void selective_state_update_portable(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
+                                     scan_shape const& s) {
+  int const channels = static_cast<int>(s.channels);
+  int const state = static_cast<int>(s.state);
+  int const channels_per_group = static_cast<int>(s.channels / s.groups);
+  bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias);
+  // the usual layout: every state, A, B and C row contiguous along n, so that the loop over
+  // n runs on raw pointers and vectorizes (strided views keep the compiler from it)
+  bool const unit_n = p.state.stride(2) == 1 && p.A.stride(1) == 1 && p.B.stride(2) == 1 && p.C.stride(2) == 1;
+  constexpr int run = state_update_channel_run<ExecSpace>;
+  int const runs = (channels + run - 1) / run;
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::selective_state_update::kokkos",
+      compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * runs)),
+      KOKKOS_LAMBDA(int const item) {
+        auto const& q = params;
+        int const b = item / runs;
+        int const d0 = (item % runs) * state_update_channel_run<ExecSpace>;
+        int const count = channels - d0 < state_update_channel_run<ExecSpace> ? channels - d0
+                                                                             : state_update_channel_run<ExecSpace>;
+        float dts[state_update_channel_run<ExecSpace>];
+        for (int j = 0; j < count; ++j) dts[j] = to_float(q.dt(b, d0 + j)) + (has_bias ? q.dt_bias(d0 + j) : 0.0f);
+        if (q.dt_softplus)
+          for (int j = 0; j < count; ++j) dts[j] = fast_softplus(dts[j]);
+        for (int j = 0; j < count; ++j) {
+          int const d = d0 + j;
+          int const g = d / channels_per_group;
+          float const dt = dts[j];
+          float const x = to_float(q.x(b, d));
+          float const dt_x = dt * x;
+          float y = 0.0f;
+          if (unit_n) {
+            float* const h = &q.state(b, d, 0);
+            float const* const a = &q.A(d, 0);
+            T const* const bn = &q.B(b, g, 0);
+            T const* const cn = &q.C(b, g, 0);
+            for (int n = 0; n < state; ++n) {
+              h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(bn[n]);
+              y += to_float(cn[n]) * h[n];
+            }
+          } else {
+            for (int n = 0; n < state; ++n) {
+              float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
+              q.state(b, d, n) = h;
+              y += to_float(q.C(b, g, n)) * h;
+            }
+          }
+          if (has_D) y += q.D(d) * x;
+          if (has_z) y *= fast_silu(to_float(q.z(b, d)));
+          q.out(b, d) = from_float<T>(y);
+        }
+      });
+}
+
+}  // namespace detail
+
 /// \brief Which implementation of the state update runs on an execution space (see
-/// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path, with the
-/// same arithmetic as the scan's, so that L steps reproduce a scan over L tokens.
+/// `ssm::selective_scan_backend`): the primary template is the portable Kokkos path,
+/// `detail::selective_state_update_portable`.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct selective_state_update_backend {
-  /// \brief Run one step on `space`: one work item per (batch, channel).
-  ///
-  /// Asynchronous: returns once the work is enqueued. `ssm::selective_state_update` calls it only
-  /// after checking the shapes and with B, D > 0.
+  /// \brief Run one step on `space` (asynchronous: returns once the work is enqueued).
+  /// `ssm::selective_state_update` calls it only after checking the shapes and with B, D > 0.
   /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
   /// \tparam MemSpace the memory space of every tensor.
   /// \param space the execution space instance the kernel runs on.
@@ -133,58 +207,7 @@ struct selective_state_update_backend {
   template <class T, class MemSpace>
   static void run(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
                   scan_shape const& s) {
-    int const channels = static_cast<int>(s.channels);
-    int const state = static_cast<int>(s.state);
-    int const channels_per_group = static_cast<int>(s.channels / s.groups);
-    bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias);
-    // the usual layout: every state, A, B and C row contiguous along n, so that the loop over
-    // n runs on raw pointers and vectorizes (strided views keep the compiler from it)
-    bool const unit_n = p.state.stride(2) == 1 && p.A.stride(1) == 1 && p.B.stride(2) == 1 && p.C.stride(2) == 1;
-    // on the host a work item takes a run of channels, so that their softplus vectorizes too;
-    // on a GPU a thread per channel
-    constexpr int run = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 16 : 1;
-    int const runs = (channels + run - 1) / run;
-    auto const params = p;
-    Kokkos::parallel_for(
-        "ssm::selective_state_update::kokkos",
-        compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(s.batch) * runs)),
-        KOKKOS_LAMBDA(int const item) {
-          auto const& q = params;
-          int const b = item / runs;
-          int const d0 = (item % runs) * run;
-          int const count = channels - d0 < run ? channels - d0 : run;
-          float dts[run];
-          for (int j = 0; j < count; ++j) dts[j] = to_float(q.dt(b, d0 + j)) + (has_bias ? q.dt_bias(d0 + j) : 0.0f);
-          if (q.dt_softplus)
-            for (int j = 0; j < count; ++j) dts[j] = fast_softplus(dts[j]);
-          for (int j = 0; j < count; ++j) {
-            int const d = d0 + j;
-            int const g = d / channels_per_group;
-            float const dt = dts[j];
-            float const x = to_float(q.x(b, d));
-            float const dt_x = dt * x;
-            float y = 0.0f;
-            if (unit_n) {
-              float* const h = &q.state(b, d, 0);
-              float const* const a = &q.A(d, 0);
-              T const* const bn = &q.B(b, g, 0);
-              T const* const cn = &q.C(b, g, 0);
-              for (int n = 0; n < state; ++n) {
-                h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(bn[n]);
-                y += to_float(cn[n]) * h[n];
-              }
-            } else {
-              for (int n = 0; n < state; ++n) {
-                float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
-                q.state(b, d, n) = h;
-                y += to_float(q.C(b, g, n)) * h;
-              }
-            }
-            if (has_D) y += q.D(d) * x;
-            if (has_z) y *= fast_silu(to_float(q.z(b, d)));
-            q.out(b, d) = from_float<T>(y);
-          }
-        });
+    detail::selective_state_update_portable(space, p, s);
   }
 };
 
@@ -210,3 +233,7 @@ void selective_state_update(ExecSpace const& space, selective_state_update_param
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/scan/cuda/state_update.cuh>
+#endif
