@@ -90,7 +90,67 @@ void sweep() {
   compare<T, Wt>(shape(64, 128, 16, 4, 8, true), 20, 2);    // more sequences than a fused step takes
 }
 
+/// A block's step (residual add, RMSNorm, mixer) on the GPU, fused into four launches up to 8
+/// sequences, against the host block's step; `out` written over `hidden`, as the model does.
+template <class T, class Wt>
+void compare_block(mamba_config const& c, int B, int steps) {
+  CAPTURE(c.d_model, c.d_inner, c.d_state, c.d_conv, c.dt_rank, B);
+  using host_block = mamba_block<Kokkos::DefaultHostExecutionSpace, T, Wt>;
+  using gpu_block = mamba_block<gpu::space, T, Wt>;
+  auto const host_weights = random_weights<Wt>(c, 23);
+  auto const device_weights = mamba_mixer_weights<Wt, gpu::memory>::allocate(c);
+  device_weights.copy_from(host_weights);
+  Kokkos::View<Wt*, Kokkos::LayoutRight, Kokkos::HostSpace> norm("norm", c.d_model);
+  fill_uniform(norm, 7, 0.5f, 1.5f);
+  Kokkos::View<Wt*, Kokkos::LayoutRight, gpu::memory> d_norm("norm", c.d_model);
+  Kokkos::deep_copy(d_norm, norm);
+  host_block const on_host(typename host_block::mixer_type(c, host_weights), norm);
+  gpu_block const on_gpu(typename gpu_block::mixer_type(c, device_weights), d_norm);
+
+  auto host_state = host_block::state_type::zeros(c, B);
+  fill_uniform(host_state.conv, 8);
+  fill_uniform(host_state.ssm, 9);
+  auto gpu_state = gpu_block::state_type::zeros(c, B);
+  Kokkos::deep_copy(gpu_state.conv, host_state.conv);
+  Kokkos::deep_copy(gpu_state.ssm, host_state.ssm);
+  host2<float> residual("residual", B, c.d_model);
+  fill_uniform(residual, 10, -2.0f, 2.0f);
+  gpu::dev2<float> d_residual("residual", B, c.d_model);
+  Kokkos::deep_copy(d_residual, residual);
+
+  host2<T> hidden("hidden", B, c.d_model);
+  gpu::dev2<T> d_hidden("hidden", B, c.d_model);
+  std::size_t const terms = static_cast<std::size_t>(c.d_inner) * static_cast<std::size_t>(c.d_state + 4);
+  for (int s = 0; s < steps; ++s) {
+    CAPTURE(s);
+    fill_uniform(hidden, 200 + static_cast<std::uint64_t>(s));
+    Kokkos::deep_copy(d_hidden, hidden);
+    on_host.step(Kokkos::DefaultHostExecutionSpace(), hidden, residual, hidden, host_state);
+    Kokkos::DefaultHostExecutionSpace().fence();
+    on_gpu.step(gpu::space(), d_hidden, d_residual, d_hidden, gpu_state);
+    require_close(gpu::to_host(d_hidden), hidden, step_tolerance<T>(hidden, terms), "block step output");
+    require_close(gpu::to_host(d_residual), residual, derived_tolerance<float>(1, 4.0), "residual");
+    require_close(gpu::to_host(gpu_state.ssm), host_state.ssm, step_tolerance<T>(host_state.ssm, terms), "SSM state");
+    require_close(gpu::to_host(gpu_state.conv), host_state.conv, step_tolerance<T>(host_state.conv, 1), "conv state");
+  }
+}
+
+template <class T, class Wt>
+void block_sweep() {
+  compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 1, 4);
+  compare_block<T, Wt>(shape(96, 200, 16, 4, 12, false), 3, 3);   // D not a multiple of a block's outputs
+  compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 8, 2);  // R beyond the registers of dt_state_update
+  compare_block<T, Wt>(shape(32, 64, 1, 1, 1, false), 2, 3);      // N = 1, W = 1: no conv state
+  compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 9, 2);     // more sequences than the fused block takes
+}
+
 }  // namespace
+
+TEST_CASE("fused block step on the GPU matches the host block step in fp32", "[cuda][step]") { block_sweep<float, float>(); }
+TEST_CASE("fused block step on the GPU matches the host block step in bf16", "[cuda][step]") { block_sweep<bf16, bf16>(); }
+TEST_CASE("fused block step on the GPU, fp32 activations over bf16 weights", "[cuda][step]") {
+  block_sweep<float, bf16>();
+}
 
 TEST_CASE("fused decoding step on the GPU matches the host step in fp32", "[cuda][step]") { sweep<float, float>(); }
 TEST_CASE("fused decoding step on the GPU matches the host step in bf16", "[cuda][step]") { sweep<bf16, bf16>(); }

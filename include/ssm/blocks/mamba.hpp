@@ -152,7 +152,7 @@ struct mamba_state {
 /// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct mamba_step_params {
-  T const* xz;                                    ///< (B, 2D) in_proj's output: u, then the gate z
+  T* xz;                                          ///< (B, 2D) in_proj's output: u, then the gate z
   T* conv_state;                                  ///< (B, D, W-1) updated in place
   float* ssm_state;                               ///< (B, D, N) updated in place
   T* xc;                                          ///< (B, D) out: the conv's output (the scan's u)
@@ -171,6 +171,32 @@ struct mamba_step_params {
 template <class ExecSpace>
 struct mamba_step_backend {
   static constexpr bool fused = false;  ///< the step runs op by op
+};
+
+/// \brief A decoding step of a whole block, residual add and RMSNorm included: what a backend may
+/// fuse across the norm and the mixer's dense layers. Every tensor is contiguous.
+/// \tparam T activation storage type. \tparam Wt weight storage type.
+/// \tparam MemSpace the memory space of every tensor.
+template <class T, class Wt, class MemSpace>
+struct mamba_block_step_params {
+  T const* hidden;                          ///< (B, E) the previous block's output
+  float* residual;                          ///< (B, E) the residual stream: residual += hidden
+  Wt const* norm_weight;                    ///< (E) the RMSNorm scale
+  mamba_step_params<T, Wt, MemSpace> mixer;  ///< the mixer's state, scratch and weights
+  T* out;                                   ///< (B, E) the mixer's output; may be `hidden`
+};
+
+/// \brief Whether an execution space fuses a whole block's decoding step
+/// (`mamba_block_step_params`).
+///
+/// The primary template does not: the block runs `rms_norm`, then `mamba_mixer::step`. A backend
+/// that fuses specialises it with `fused = true`, `fuses(config, params)` (whether it takes this
+/// step) and `run(space, config, params)`, which must leave `residual`, `out` and the state as
+/// the unfused step does.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+struct mamba_block_step_backend {
+  static constexpr bool fused = false;  ///< the step runs as the norm, then the mixer
 };
 
 /// \brief The Mamba-1 mixer: `forward` over sequences and `step` for one token.
@@ -317,6 +343,19 @@ class mamba_mixer {
     }
     linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1), weights_.out_proj_weight,
                                            weights_.out_proj_bias, out});
+  }
+
+  /// \brief The tensors a decoding step of B sequences works on: this mixer's scratch (grown to B
+  /// rows), `state` and the weights; for a backend that fuses a whole block's step
+  /// (`mamba_block_step_backend`). The same rules as `step`: one call at a time per mixer.
+  /// \param B sequences. \param state `conv` (B, D, W-1) and `ssm` (B, D, N).
+  /// \return the pointers, batch B.
+  /// \throws ssm::shape_error if the state has the wrong shape.
+  mamba_step_params<T, Wt, memory_space> step_tensors(std::size_t B, state_type& state) const {
+    check_state("ssm::mamba_mixer::step", state, B);
+    reserve(B);
+    return {scratch_.xz.data(),    state.conv.data(), state.ssm.data(), scratch_.xc.data(),
+            scratch_.x_dbl.data(), &weights_,         scratch_.y.data(), static_cast<int>(B)};
   }
 
  private:
@@ -510,6 +549,20 @@ class mamba_block {
     std::size_t const B = hidden.extent(0), E = hidden.extent(1);
     detail::require(residual.extent(0) == B && residual.extent(1) == E, "ssm::mamba_block::step",
                     "residual must have the shape of hidden (B, E)");
+    if constexpr (mamba_block_step_backend<ExecSpace>::fused) {
+      mamba_config const& c = mixer_.config();
+      detail::require(E == static_cast<std::size_t>(c.d_model), "ssm::mamba_block::step",
+                      "hidden must have d_model = " + std::to_string(c.d_model) + " features");
+      detail::require(out.extent(0) == B && out.extent(1) == E, "ssm::mamba_block::step",
+                      "out must have the shape of hidden (B, E)");
+      if (B == 0) return;
+      mamba_block_step_params<T, Wt, memory_space> const p{hidden.data(), residual.data(), norm_weight_.data(),
+                                                           mixer_.step_tensors(B, state), out.data()};
+      if (mamba_block_step_backend<ExecSpace>::fuses(c, p)) {
+        mamba_block_step_backend<ExecSpace>::run(space, c, p);
+        return;
+      }
+    }
     tensor2<T> normed = norm(space, hidden.data(), residual.data(), B, E);
     mixer_.step(space, tensor2<const T>(static_cast<T const*>(normed.data()), B, E), out, state);
   }

@@ -1,17 +1,29 @@
 #pragma once
 /// \file
-/// \brief The middle of a Mamba decoding step on `Kokkos::Cuda`: three launches instead of four.
+/// \brief A Mamba decoding step on `Kokkos::Cuda`: four launches per block instead of six.
 ///
-/// Between in_proj and out_proj, one token of each of B sequences goes through the conv update,
-/// x_proj, dt_proj, softplus, the state update and the gate. Here the conv update and x_proj are
-/// the library's CUDA ops (the weight-streaming matrix-vector kernel for x_proj), and one kernel,
-/// `dt_state_update`, does the rest: a warp per channel takes dt_proj's dot product over the R
-/// low-rank inputs across its lanes, then the N state updates, then C·h; lane 0 adds D·u and the
-/// gate. dt never goes to memory. Up to 16 sequences (`fuses`); a larger batch runs op by op.
+/// A block's step is the residual add and RMSNorm, in_proj, the conv update, x_proj, dt_proj,
+/// softplus, the state update, the gate and out_proj, for one token of each of B sequences.
+/// Here (`mamba_block_step_backend`, one sequence):
+/// 1. `norm_in_proj_conv`: in_proj as the weight-streaming matrix-vector product
+///    (`ssm/linear/cuda/gemv.cuh`), each block first normalising residual + hidden into shared
+///    memory for itself (a few kilobytes from L2), and the thread that finishes u[d] advancing
+///    channel d's conv state and writing its output;
+/// 2. x_proj, the matrix-vector product;
+/// 3. `dt_state_update`: a warp per (sequence, channel) takes dt_proj's dot product over the R
+///    low-rank inputs across its lanes, then the N state updates, then C·h; lane 0 adds D·u and
+///    the gate. dt never goes to memory;
+/// 4. `out_proj_residual`: out_proj, the thread that finishes out[n] also adding hidden[n] to
+///    the residual stream (the add the norm of step 1 did in registers only: no block of step 1
+///    may write the residual while others read it).
 ///
-/// dt is rounded to the activation type T, where the op-by-op path stores it, so both paths
-/// compute the same function; only the order of the fp32 sums differs. The transcendental
-/// functions are the library's `fast_exp`, `fast_softplus` and `fast_silu`, as in every path.
+/// A mixer's step alone (`mamba_step_backend`, up to 16 sequences) runs the conv update, x_proj
+/// and `dt_state_update`; larger batches go op by op.
+///
+/// Every rounding is where the op-by-op path stores a value in the activation type T (the
+/// normalised input, u, dt, the conv output), so that both paths compute the same function; only
+/// the order of fp32 sums differs. The transcendental functions are the library's `fast_exp`,
+/// `fast_softplus` and `fast_silu`, as in every path.
 ///
 /// (A first version also fused the conv update into x_proj, each block reducing its 64 channels
 /// and the last block to finish adding the partial sums. On an H200 that lone last block's
@@ -27,6 +39,7 @@
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
 #include <ssm/core/views.hpp>
+#include <ssm/linear/cuda/gemv.cuh>
 
 namespace ssm {
 
@@ -60,33 +73,155 @@ __global__ void __launch_bounds__(step_threads)
                     float const* __restrict__ A, float const* __restrict__ skip, T const* __restrict__ xz,
                     T const* __restrict__ xc, float* __restrict__ state, T* __restrict__ y, int D, int R, int N) {
   allow_next_kernel();
-  wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
   int const lane = static_cast<int>(threadIdx.x) % 32;
   int const d = static_cast<int>(blockIdx.x) * (step_threads / 32) + static_cast<int>(threadIdx.x) / 32;
   int const b = static_cast<int>(blockIdx.y);
   if (d >= D) return;
+  // The weights first: nothing before this kernel writes them, so (launched as a programmatic
+  // dependent, see ssm::cuda::launch) they load while the previous kernel finishes. dt_proj's
+  // row in registers up to rank 32 * `rank_regs`, and A's row up to 32 states.
+  constexpr int rank_regs = 8;
+  float w_dt[rank_regs];
+#pragma unroll
+  for (int i = 0; i < rank_regs; ++i) {
+    int const r = lane + 32 * i;
+    w_dt[i] = r < R ? to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) : 0.0f;
+  }
+  float const a_lane = lane < N ? A[static_cast<std::size_t>(d) * N + lane] : 0.0f;
+  float const bias = dt_bias[d], d_skip = skip[d];
+  wait_for_previous_kernel();
+
   int const xw = R + 2 * N;
   T const* row = x_dbl + static_cast<std::size_t>(b) * xw;  // dt_low, then B, then C
-
   float dt = 0.0f;
-  for (int r = lane; r < R; r += 32) dt += to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(row[r]);
-  dt = fast_softplus(round_to<T>(warp_sum(dt)) + dt_bias[d]);
+#pragma unroll
+  for (int i = 0; i < rank_regs; ++i) {
+    int const r = lane + 32 * i;
+    if (r < R) dt += w_dt[i] * to_float(row[r]);
+  }
+  for (int r = lane + 32 * rank_regs; r < R; r += 32)
+    dt += to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(row[r]);
+  dt = fast_softplus(round_to<T>(warp_sum(dt)) + bias);
 
   std::size_t const bd = static_cast<std::size_t>(b) * D + d;
   float const u = to_float(xc[bd]);
   float* h = state + bd * N;
   float out = 0.0f;
   for (int n = lane; n < N; n += 32) {
-    float const next = fast_exp(dt * A[static_cast<std::size_t>(d) * N + n]) * h[n] + dt * u * to_float(row[R + n]);
+    float const a = n < 32 ? a_lane : A[static_cast<std::size_t>(d) * N + n];
+    float const next = fast_exp(dt * a) * h[n] + dt * u * to_float(row[R + n]);
     h[n] = next;
     out += to_float(row[R + N + n]) * next;
   }
   out = warp_sum(out);
   if (lane == 0) {
-    out += skip[d] * u;
+    out += d_skip * u;
     out *= fast_silu(to_float(xz[static_cast<std::size_t>(b) * 2 * D + D + d]));
     y[bd] = from_float<T>(out);
   }
+}
+
+/// \brief What `norm_in_proj_conv` and `out_proj_residual` read and write (see the file comment).
+template <class T, class Wt>
+struct block_step_args {
+  T const* hidden;          ///< (B, E)
+  float* residual;          ///< (B, E)
+  Wt const* norm_weight;    ///< (E)
+  float eps;                ///< RMSNorm's epsilon
+  Wt const* in_proj;        ///< (2D, E)
+  Wt const* in_bias;        ///< (2D) or null
+  Wt const* conv_weight;    ///< (D, W)
+  Wt const* conv_bias;      ///< (D) or null
+  T* conv_state;            ///< (B, D, W-1)
+  T* xz;                    ///< (B, 2D) in_proj's output
+  T* xc;                    ///< (B, D) the conv's output
+  T const* y;               ///< (B, D) the gated scan output
+  Wt const* out_proj;       ///< (E, D)
+  Wt const* out_bias;       ///< (E) or null
+  T* out;                   ///< (B, E); may be `hidden`
+  int E, D, W;              ///< d_model, d_inner, d_conv
+};
+
+/// \brief RMSNorm of residual + hidden, then in_proj, then the conv update of the u half.
+///
+/// Grid: as `gemv` with one output per warp over 2D outputs, K split `split` ways; dynamic
+/// shared memory: M * E values of T, the normalised rows.
+/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Depth loads per batch (see `gemv_block`).
+template <int M, int Depth, class T, class Wt>
+__global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_args<T, Wt> const a, int split) {
+  constexpr int vec = 16 / sizeof(Wt);
+  extern __shared__ uint4 shared_rows[];
+  T* const normed = reinterpret_cast<T*>(shared_rows);  // (M, E)
+  int const E = a.E, D = a.D;
+  auto normalise = [&] {
+    wait_for_previous_kernel();
+    float squares[M] = {};
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads) {
+        float const r = to_float(a.hidden[m * E + e]) + a.residual[m * E + e];
+        squares[m] += r * r;
+      }
+    __shared__ float partial[gemv_threads / 32][M];
+    int const warp = static_cast<int>(threadIdx.x) / 32;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float const sum = warp_sum(squares[m]);
+      if (threadIdx.x % 32 == 0) partial[warp][m] = sum;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float total = 0.0f;
+      for (int w = 0; w < gemv_threads / 32; ++w) total += partial[w][m];
+      float const inv_rms = 1.0f / sqrtf(total / static_cast<float>(E) + a.eps);
+      for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads) {
+        float const r = to_float(a.hidden[m * E + e]) + a.residual[m * E + e];
+        normed[m * E + e] = from_float<T>(r * inv_rms * to_float(a.norm_weight[e]));
+      }
+    }
+    __syncthreads();
+  };
+  auto activations = [&](int m, int p, float (&out)[vec]) {
+#pragma unroll
+    for (int j = 0; j < vec; ++j) out[j] = to_float(normed[m * E + p * vec + j]);
+  };
+  auto store = [&](int m, int n, float sum) {
+    if (a.in_bias) sum += to_float(a.in_bias[n]);
+    T const v = from_float<T>(sum);
+    a.xz[static_cast<std::size_t>(m) * 2 * D + n] = v;
+    if (n >= D) return;  // z
+    // the conv update of channel n, as causal_conv1d_update_kernel computes it
+    int const W = a.W;
+    T* state = a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1);
+    Wt const* w = a.conv_weight + static_cast<std::size_t>(n) * W;
+    float acc = a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f;
+    for (int k = 0; k < W - 1; ++k) acc += to_float(w[k]) * to_float(state[k]);
+    acc += to_float(w[W - 1]) * to_float(v);
+    a.xc[static_cast<std::size_t>(m) * D + n] = from_float<T>(fast_silu(acc));
+    for (int k = 0; k + 1 < W - 1; ++k) state[k] = state[k + 1];
+    if (W > 1) state[W - 2] = v;
+  };
+  gemv_block<M, 1, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
+}
+
+/// \brief out_proj, and residual += hidden (see the file comment).
+///
+/// Grid: as `gemv` with one output per warp over E outputs, K = D split `split` ways.
+/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Depth loads per batch (see `gemv_block`).
+template <int M, int Depth, class T, class Wt>
+__global__ void __launch_bounds__(gemv_threads) out_proj_residual(block_step_args<T, Wt> const a, int split) {
+  constexpr int vec = 16 / sizeof(Wt);
+  int const E = a.E, D = a.D;
+  gemv_block<M, 1, Depth>(
+      a.out_proj, D, E, D, split, [] { wait_for_previous_kernel(); },
+      [&](int m, int p, float (&out)[vec]) { load_float<T, vec>(a.y + m * D + p * vec, out); },
+      [&](int m, int n, float sum) {
+        if (a.out_bias) sum += to_float(a.out_bias[n]);
+        std::size_t const i = static_cast<std::size_t>(m) * E + n;
+        a.residual[i] += to_float(a.hidden[i]);  // read before `out`, which may be `hidden`, is written
+        a.out[i] = from_float<T>(sum);
+      });
 }
 
 }  // namespace cuda::kernels
@@ -109,7 +244,7 @@ struct mamba_step_backend<Kokkos::Cuda> {
   /// \param p the tensors (see `mamba_step_params`).
   template <class T, class Wt, class MemSpace>
   static void run(Kokkos::Cuda const& space, mamba_config const& c, mamba_step_params<T, Wt, MemSpace> const& p) {
-    std::size_t const D = c.d_inner, N = c.d_state, R = c.dt_rank, W = c.d_conv, B = p.batch, xw = R + 2 * N;
+    std::size_t const D = c.d_inner, W = c.d_conv, B = p.batch;
     auto const& w = *p.weights;
     causal_conv1d_update_params<T, Wt, MemSpace> conv;
     conv.x = strided<const T, MemSpace>(p.xz, B, 2 * D, D, 1);
@@ -119,6 +254,17 @@ struct mamba_step_backend<Kokkos::Cuda> {
     conv.silu_activation = true;
     conv.out = strided<T, MemSpace>(p.xc, B, D, D, 1);
     causal_conv1d_update(space, conv);
+    after_conv(space, c, p);
+  }
+
+  /// \brief x_proj, then `dt_state_update`: the step after the conv update.
+  /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+  /// \param space the execution space instance. \param c the mixer's sizes.
+  /// \param p the tensors (see `mamba_step_params`), `xc` already written.
+  template <class T, class Wt, class MemSpace>
+  static void after_conv(Kokkos::Cuda const& space, mamba_config const& c, mamba_step_params<T, Wt, MemSpace> const& p) {
+    std::size_t const D = c.d_inner, N = c.d_state, R = c.dt_rank, B = p.batch, xw = R + 2 * N;
+    auto const& w = *p.weights;
     linear(space, linear_params<T, Wt, MemSpace>{strided<const T, MemSpace>(p.xc, B, D, D, 1), w.x_proj_weight, {},
                                                  strided<T, MemSpace>(p.x_dbl, B, xw, xw, 1)});
     cuda::launch(cuda::kernels::dt_state_update<T, Wt>, dim3(cuda::blocks_for(D, cuda::kernels::step_threads / 32),
@@ -126,6 +272,77 @@ struct mamba_step_backend<Kokkos::Cuda> {
                  dim3(cuda::kernels::step_threads), 0, cuda::stream(space), "ssm::mamba_mixer::step (CUDA): dt_state_update",
                  p.x_dbl, w.dt_proj_weight.data(), w.dt_proj_bias.data(), w.A.data(), w.D.data(), p.xz, p.xc,
                  p.ssm_state, p.y, static_cast<int>(D), static_cast<int>(R), static_cast<int>(N));
+  }
+};
+
+/// \brief On `Kokkos::Cuda` a block's decoding step of one sequence is four launches (see the
+/// file comment).
+template <>
+struct mamba_block_step_backend<Kokkos::Cuda> {
+  static constexpr bool fused = true;  ///< `mamba_block::step` asks `fuses`, then calls `run`
+
+  /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
+  /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
+  /// step made the 2.8B model 3x slower on an H200), whole aligned 16-byte pieces of every row the
+  /// matrix-vector products read, and the normalised row within 48 KiB.
+  /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+  /// \param c the block's sizes. \param p the tensors.
+  /// \return true if `run` takes it.
+  template <class T, class Wt, class MemSpace>
+  static bool fuses(mamba_config const& c, mamba_block_step_params<T, Wt, MemSpace> const& p) {
+    if constexpr (!cuda::gemv_types<T, Wt>) {
+      return false;
+    } else {
+      constexpr std::size_t vec = 16 / sizeof(Wt);
+      std::size_t const B = static_cast<std::size_t>(p.mixer.batch), E = c.d_model, D = c.d_inner;
+      auto const& w = *p.mixer.weights;
+      bool const pieces = E % vec == 0 && D % vec == 0;
+      bool const aligned = cuda::aligned(p.mixer.y, 16) && cuda::aligned(w.in_proj_weight.data(), 16) &&
+                           cuda::aligned(w.out_proj_weight.data(), 16);
+      return B == 1 && pieces && aligned &&
+             B * E * sizeof(T) <= 48 * 1024;
+    }
+  }
+
+  /// \brief Enqueue the four launches on `space`'s stream.
+  /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+  /// \param space the execution space instance. \param c the block's sizes.
+  /// \param p the tensors (see `mamba_block_step_params`); `fuses(c, p)` must hold.
+  template <class T, class Wt, class MemSpace>
+  static void run(Kokkos::Cuda const& space, mamba_config const& c, mamba_block_step_params<T, Wt, MemSpace> const& p) {
+    if constexpr (cuda::gemv_types<T, Wt>) {
+      auto const& w = *p.mixer.weights;
+      int const E = c.d_model, D = c.d_inner;
+      cuda::kernels::block_step_args<T, Wt> const a{p.hidden,
+                                                    p.residual,
+                                                    p.norm_weight,
+                                                    c.norm_eps,
+                                                    w.in_proj_weight.data(),
+                                                    c.bias ? w.in_proj_bias.data() : nullptr,
+                                                    w.conv1d_weight.data(),
+                                                    c.conv_bias ? w.conv1d_bias.data() : nullptr,
+                                                    p.mixer.conv_state,
+                                                    p.mixer.xz,
+                                                    p.mixer.xc,
+                                                    p.mixer.y,
+                                                    w.out_proj_weight.data(),
+                                                    c.bias ? w.out_proj_bias.data() : nullptr,
+                                                    p.out,
+                                                    E,
+                                                    D,
+                                                    c.d_conv};
+      cudaStream_t const stream = cuda::stream(space);
+      auto launch = [&](auto kernel, int N, std::size_t shared, char const* what) {
+        int const split = cuda::gemv_shape_for(N).split;
+        unsigned const blocks = cuda::blocks_for(static_cast<std::size_t>(N),
+                                                 static_cast<std::size_t>(cuda::kernels::gemv_threads / 32 / split));
+        cuda::launch(kernel, dim3(blocks), dim3(cuda::kernels::gemv_threads), shared, stream, what, a, split);
+      };
+      launch(cuda::kernels::norm_in_proj_conv<1, 2, T, Wt>, 2 * D, static_cast<std::size_t>(E) * sizeof(T),
+             "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+      mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
+      launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, E, 0, "ssm::mamba_block::step (CUDA): out_proj_residual");
+    }
   }
 };
 
