@@ -8,10 +8,12 @@
 /// on an H200, 68 µs per layer and half of a decoding step. Here a warp owns 32 channels: each
 /// lane takes one channel's dt, softplus and x, then the warp passes over the channels 32 / N at
 /// a time, lane n of a group of N owning state n, and sums C·h by shuffles; all the passes' loads
-/// are issued first. The arithmetic is the portable path's; only the order of the N-term sum
-/// differs. At 64 sequences on the H200 this took the 2.8B model's step from 7.75 to 6.72 ms.
-/// Tried and slower: a group of N lanes per channel, each lane with its own softplus and 64-bit
-/// index arithmetic (9.1 ms); passes that each waited for their own loads (6.78 ms).
+/// are issued first, B and C (shared by a group's channels, so mostly L1 hits) as each pass
+/// needs them, at most 64 registers a thread. The arithmetic is the portable path's; only the
+/// order of the N-term sum differs. At 64 sequences on the H200 this took the 2.8B model's step
+/// from 7.75 to 6.28 ms. Tried and slower: a group of N lanes per channel, each lane with its own
+/// softplus and 64-bit index arithmetic (9.1 ms); passes that each waited for their own loads
+/// (6.78 ms); B and C in registers too, 123 registers and 25% occupancy (6.72 ms).
 ///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's
 /// layout); otherwise the portable path runs.
@@ -49,12 +51,12 @@ inline constexpr int state_update_threads = 256;
 /// \brief One step of 32 channels of one sequence per warp. Each lane first takes one channel's
 /// dt (softplus included) and x; then, in N passes of 32 / N channels, a group of N lanes per
 /// channel updates its states, lane n owning state n, and sums C·h by shuffles; the lane that
-/// owns the channel collects the sum. Every pass's loads are issued before any is used (the
-/// passes unrolled: N is a template parameter), so that they are in flight together.
+/// owns the channel collects the sum. Every pass's state and A loads are issued before any is
+/// used (the passes unrolled: N is a template parameter), so that they are in flight together.
 /// Grid: (ceil(D / 256), B) blocks of 256 threads.
 /// \tparam N states per channel, a power of two up to 32.
 template <int N, class T>
-__global__ void __launch_bounds__(state_update_threads) state_update_kernel(state_update_args<T> const a) {
+__global__ void __launch_bounds__(state_update_threads, 4) state_update_kernel(state_update_args<T> const a) {
   allow_next_kernel();
   constexpr unsigned full = 0xffffffffu;
   constexpr int per_pass = 32 / N;  // channels per pass; N passes cover the warp's 32
@@ -75,16 +77,9 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
   float const skip = has && a.skip ? a.skip(mine) : 0.0f;
   wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
 
-  float h[N], Bn[N], Cn[N];
+  float h[N];
 #pragma unroll
-  for (int pass = 0; pass < N; ++pass) {
-    int const d = channel(pass);
-    bool const in = d < D;
-    int const g = d / a.channels_per_group;
-    h[pass] = in ? a.state(b, d, n) : 0.0f;
-    Bn[pass] = in ? to_float(a.B(b, g, n)) : 0.0f;
-    Cn[pass] = in ? to_float(a.C(b, g, n)) : 0.0f;
-  }
+  for (int pass = 0; pass < N; ++pass) h[pass] = channel(pass) < D ? a.state(b, channel(pass), n) : 0.0f;
   float dt = has ? to_float(a.dt(b, mine)) + bias : 0.0f;
   if (a.softplus) dt = fast_softplus(dt);
   float const x = has ? to_float(a.x(b, mine)) : 0.0f;
@@ -94,9 +89,12 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
   for (int pass = 0; pass < N; ++pass) {
     int const c = pass * per_pass + slot;
     float const dt_c = __shfl_sync(full, dt, c), dt_x_c = __shfl_sync(full, dt_x, c);
-    float const next = fast_exp(dt_c * A[pass]) * h[pass] + dt_x_c * Bn[pass];
-    if (d0 + c < D) a.state(b, d0 + c, n) = next;
-    float y = Cn[pass] * next;
+    // B and C: one group's, shared by its channels, so these loads mostly hit L1
+    bool const in = d0 + c < D;
+    int const g = in ? (d0 + c) / a.channels_per_group : 0;
+    float const next = fast_exp(dt_c * A[pass]) * h[pass] + dt_x_c * to_float(a.B(b, g, n));
+    if (in) a.state(b, d0 + c, n) = next;
+    float y = to_float(a.C(b, g, n)) * next;
 #pragma unroll
     for (int offset = N / 2; offset > 0; offset /= 2) y += __shfl_xor_sync(full, y, offset);
     float const total = __shfl_sync(full, y, ((lane - pass * per_pass) & (per_pass - 1)) * N);
