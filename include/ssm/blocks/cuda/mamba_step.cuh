@@ -144,10 +144,12 @@ struct block_step_args {
 
 /// \brief RMSNorm of residual + hidden, then in_proj, then the conv update of the u half.
 ///
-/// Grid: as `gemv` with one output per warp over 2D outputs, K split `split` ways; dynamic
-/// shared memory: M * E values of T, the normalised rows.
-/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Depth loads per batch (see `gemv_block`).
-template <int M, int Depth, class T, class Wt>
+/// Grid: as `gemv` with `Rows` outputs per warp over 2D outputs, K split `split` ways; dynamic
+/// shared memory: M * E values of T, the normalised rows. Every block normalises the rows, so
+/// fewer, larger blocks (`Rows` > 1) spend less on it.
+/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Rows outputs per warp.
+/// \tparam Depth loads per batch (see `gemv_block`).
+template <int M, int Rows, int Depth, class T, class Wt>
 __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_args<T, Wt> const a, int split) {
   constexpr int vec = 16 / sizeof(Wt);
   extern __shared__ uint4 shared_rows[];
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     for (int k = 0; k + 1 < W - 1; ++k) state[k] = state[k + 1];
     if (W > 1) state[W - 2] = v;
   };
-  gemv_block<M, 1, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
+  gemv_block<M, Rows, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
 }
 
 /// \brief out_proj, and residual += hidden (see the file comment).
@@ -280,6 +282,8 @@ struct mamba_step_backend<Kokkos::Cuda> {
 template <>
 struct mamba_block_step_backend<Kokkos::Cuda> {
   static constexpr bool fused = true;  ///< `mamba_block::step` asks `fuses`, then calls `run`
+  /// in_proj outputs per warp of `norm_in_proj_conv`
+  static constexpr int in_proj_rows = 2;
 
   /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
   /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
@@ -332,16 +336,16 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
                                                     D,
                                                     c.d_conv};
       cudaStream_t const stream = cuda::stream(space);
-      auto launch = [&](auto kernel, int N, std::size_t shared, char const* what) {
+      auto launch = [&](auto kernel, int rows, int N, std::size_t shared, char const* what) {
         int const split = cuda::gemv_shape_for(N).split;
-        unsigned const blocks = cuda::blocks_for(static_cast<std::size_t>(N),
-                                                 static_cast<std::size_t>(cuda::kernels::gemv_threads / 32 / split));
+        unsigned const blocks = cuda::blocks_for(
+            static_cast<std::size_t>(N), static_cast<std::size_t>(rows * (cuda::kernels::gemv_threads / 32) / split));
         cuda::launch(kernel, dim3(blocks), dim3(cuda::kernels::gemv_threads), shared, stream, what, a, split);
       };
-      launch(cuda::kernels::norm_in_proj_conv<1, 2, T, Wt>, 2 * D, static_cast<std::size_t>(E) * sizeof(T),
-             "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+      launch(cuda::kernels::norm_in_proj_conv<1, in_proj_rows, 2, T, Wt>, in_proj_rows, 2 * D,
+             static_cast<std::size_t>(E) * sizeof(T), "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
       mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
-      launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, E, 0, "ssm::mamba_block::step (CUDA): out_proj_residual");
+      launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, 1, E, 0, "ssm::mamba_block::step (CUDA): out_proj_residual");
     }
   }
 };
