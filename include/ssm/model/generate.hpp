@@ -94,6 +94,18 @@ KOKKOS_INLINE_FUNCTION std::uint64_t row_max_key(Member const& member, Logits co
   return best;
 }
 
+/// \brief One decoding step: the first runs eagerly, since it allocates and plans everything a
+/// step needs, which recording must not do; later ones replay it, recorded once into `decode`.
+template <class ExecSpace, class Step>
+void run_step(graph<ExecSpace>& decode, ExecSpace const& space, Step const& step, bool first) {
+  if (first) {
+    step();
+    return;
+  }
+  if (!decode.recorded()) decode.record(space, step);
+  decode.replay();
+}
+
 }  // namespace detail
 
 /// \brief The greedy choice of each row, on the execution space: tokens(b) = argmax of logits(b, :),
@@ -225,12 +237,7 @@ std::vector<std::vector<std::int32_t>> generate(mamba_lm<ExecSpace, T, Wt> const
       Kokkos::deep_copy(h_tokens, tokens);  // waits for the step
       accept([&](std::size_t b) { return h_tokens(b); });
       if (active == 0) break;
-      if (first) {
-        step();  // allocates and plans everything a step needs, which recording must not do
-      } else {
-        if (!decode.recorded()) decode.record(space, step);
-        decode.replay();
-      }
+      detail::run_step(decode, space, step, first);
     }
     return out;
   }
@@ -301,12 +308,7 @@ std::vector<std::vector<std::int32_t>> generate(mamba_lm<ExecSpace, T, Wt> const
       });
       if (active == 0) break;
       Kokkos::deep_copy(tokens, h_tokens);
-      if (first) {
-        step();  // allocates and plans everything a step needs, which recording must not do
-      } else {
-        if (!decode.recorded()) decode.record(space, step);
-        decode.replay();
-      }
+      detail::run_step(decode, space, step, first);
     }
     return out;
   }
