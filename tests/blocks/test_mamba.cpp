@@ -197,6 +197,73 @@ TEST_CASE("mamba block: residual add, RMSNorm, mixer, and forward equals steps",
   require_close(stepped, out, mixer_tolerance<float>(c, L, max_abs(out)), "block steps");
 }
 
+namespace {
+
+/// A wider mixer than `small_config`: rows long enough for the 32-wide loops of the host
+/// matrix-vector product, with tails, no dense biases and a 16-wide state.
+mamba_config wide_config() {
+  mamba_config c;
+  c.d_model = 72;
+  c.d_inner = 150;
+  c.d_state = 16;
+  c.d_conv = 4;
+  c.dt_rank = 37;
+  c.conv_bias = true;
+  c.bias = false;
+  return c;
+}
+
+/// B sequences of L tokens through a block, once by `forward` and once token by token with
+/// `step` (on the host, up to 8 sequences take the fused step of `ssm/blocks/host/mamba_step.hpp`
+/// and more go op by op): the outputs, the residual stream and the final states must agree.
+template <class T, class Wt>
+void check_block_steps(mamba_config const& c, std::size_t B, bool out_is_hidden) {
+  std::size_t const L = 7, E = c.d_model;
+  Kokkos::View<Wt*, Kokkos::LayoutRight, Kokkos::HostSpace> norm_weight("norm", E);
+  fill_uniform(norm_weight, 21, 0.7f, 1.3f);
+  mamba_block<space, T, Wt> block(mamba_mixer<space, T, Wt>(c, random_weights<Wt>(c, 22)), norm_weight);
+  host3<T> hidden("hidden", B, L, E), out("out", B, L, E), stepped("stepped", B, L, E);
+  host3<float> residual("residual", B, L, E), residual_in("residual_in", B, L, E), stream("stream", B, L, E);
+  fill_uniform(hidden, 23, -2.0f, 2.0f);
+  fill_uniform(residual, 24, -2.0f, 2.0f);
+  Kokkos::deep_copy(residual_in, residual);
+  auto whole = mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
+  block.forward(space(), hidden, residual, out, &whole);
+  space().fence();
+
+  auto state = mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
+  host2<T> token("token", B, E), token_out("token_out", B, E);
+  host2<float> token_residual("token_residual", B, E);
+  for (std::size_t l = 0; l < L; ++l) {
+    for (std::size_t b = 0; b < B; ++b)
+      for (std::size_t e = 0; e < E; ++e) token(b, e) = hidden(b, l, e), token_residual(b, e) = residual_in(b, l, e);
+    block.step(space(), token, token_residual, out_is_hidden ? token : token_out, state);
+    space().fence();
+    host2<T> const& result = out_is_hidden ? token : token_out;
+    for (std::size_t b = 0; b < B; ++b)
+      for (std::size_t e = 0; e < E; ++e) stepped(b, l, e) = result(b, e), stream(b, l, e) = token_residual(b, e);
+  }
+  INFO("B = " << B << ", E = " << E << ", out is hidden: " << out_is_hidden);
+  REQUIRE(max_abs(out) > 0.1);
+  require_close(stream, residual, {0.0, 0.0}, "residual stream");
+  auto const tol = [&](auto const& v) { return mixer_tolerance<T>(c, L, max_abs(v)); };
+  require_close(stepped, out, tol(out), "block steps");
+  require_close(state.ssm, whole.ssm, tol(whole.ssm), "ssm state");
+  require_close(state.conv, whole.conv, tol(whole.conv), "conv state");
+}
+
+}  // namespace
+
+TEST_CASE("mamba block: steps of 1 to 9 sequences equal forward, in every storage type", "[mamba]") {
+  for (auto const& c : {small_config(), wide_config()})
+    for (std::size_t B : {1, 3, 8, 9}) {
+      check_block_steps<float, float>(c, B, B == 3);
+      check_block_steps<float, bf16>(c, B, B == 1);
+      check_block_steps<bf16, bf16>(c, B, B == 8);
+      check_block_steps<f16, f16>(c, B, false);
+    }
+}
+
 TEST_CASE("mamba mixer: wrong weights and inputs are refused with the tensor named", "[mamba][errors]") {
   auto const c = small_config();
   auto weights = random_weights<float>(c, 1);

@@ -192,9 +192,11 @@ struct mamba_block_step_params {
 /// The primary template does not: the block runs `rms_norm`, then `mamba_mixer::step`. A backend
 /// that fuses specialises it with `fused = true`, `fuses(config, params)` (whether it takes this
 /// step) and `run(space, config, params)`, which must leave `residual`, `out` and the state as
-/// the unfused step does.
+/// the unfused step does. The host spaces do (`ssm/blocks/host/mamba_step.hpp`), and so does
+/// `Kokkos::Cuda` (`ssm/blocks/cuda/mamba_step.cuh`).
 /// \tparam ExecSpace a Kokkos execution space.
-template <class ExecSpace>
+/// \tparam Enable room for a partial specialisation that selects a family of spaces.
+template <class ExecSpace, class Enable = void>
 struct mamba_block_step_backend {
   static constexpr bool fused = false;  ///< the step runs as the norm, then the mixer
 };
@@ -592,6 +594,8 @@ class mamba_block {
 };
 
 }  // namespace ssm
+
+#include <ssm/blocks/host/mamba_step.hpp>
 
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <ssm/blocks/cuda/mamba_step.cuh>

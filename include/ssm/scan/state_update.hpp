@@ -123,6 +123,28 @@ namespace detail {
 template <class ExecSpace>
 inline constexpr int state_update_channel_run = std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace> ? 16 : 1;
 
+/// \brief One channel's step on contiguous rows: \f$h_n \leftarrow e^{\Delta a_n} h_n + \Delta x B_n\f$
+/// for n < N, returning \f$\sum_n C_n h_n\f$ (before the D skip and the gate).
+///
+/// The loop the host decoding paths share (the portable state update and the fused host block
+/// step), so that they round alike; on raw pointers, it vectorizes over n.
+/// \tparam T storage type of B and C.
+/// \param h the channel's N states, updated in place. \param a its N rows of A.
+/// \param b, c the N values of B and C of its group. \param N the state size.
+/// \param dt \f$\Delta\f$ (after the bias and the softplus). \param x the channel's input.
+/// \return \f$C^\top h\f$ after the update.
+template <class T>
+KOKKOS_FORCEINLINE_FUNCTION float update_channel(float* h, float const* a, T const* b, T const* c, int N, float dt,
+                                                 float x) {
+  float const dt_x = dt * x;
+  float y = 0.0f;
+  for (int n = 0; n < N; ++n) {
+    h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(b[n]);
+    y += to_float(c[n]) * h[n];
+  }
+  return y;
+}
+
 /// \brief The portable Kokkos state update: one work item per (batch, run of channels), with the
 /// same arithmetic as the scan's, so that L steps reproduce a scan over L tokens. The body of
 /// the primary `selective_state_update_backend`; callable on any execution space, so that the
@@ -164,18 +186,11 @@ void selective_state_update_portable(ExecSpace const& space, selective_state_upd
           int const g = d / channels_per_group;
           float const dt = dts[j];
           float const x = to_float(q.x(b, d));
-          float const dt_x = dt * x;
           float y = 0.0f;
           if (unit_n) {
-            float* const h = &q.state(b, d, 0);
-            float const* const a = &q.A(d, 0);
-            T const* const bn = &q.B(b, g, 0);
-            T const* const cn = &q.C(b, g, 0);
-            for (int n = 0; n < state; ++n) {
-              h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(bn[n]);
-              y += to_float(cn[n]) * h[n];
-            }
+            y = update_channel(&q.state(b, d, 0), &q.A(d, 0), &q.B(b, g, 0), &q.C(b, g, 0), state, dt, x);
           } else {
+            float const dt_x = dt * x;
             for (int n = 0; n < state; ++n) {
               float const h = fast_exp(dt * q.A(d, n)) * q.state(b, d, n) + dt_x * to_float(q.B(b, g, n));
               q.state(b, d, n) = h;
