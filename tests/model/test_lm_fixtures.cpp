@@ -4,6 +4,7 @@
 // safetensors with an untied head. ssm must give per-position log-probabilities within 2e-3
 // nats, identical argmax, and identical greedy continuations of 24 tokens — through the library
 // and through the `ssm` command.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -119,4 +120,28 @@ TEST_CASE("ssm convert writes safetensors that score exactly as the pytorch_mode
   REQUIRE(a.next_token_logprob == b.next_token_logprob);  // the same bits in, the same bits out
   REQUIRE(a.argmax == b.argmax);
   fs::remove_all(out);
+}
+
+TEST_CASE("ssm bench runs each test -r times and reports every run", "[cli]") {
+  auto const [out, status] = run(std::string(SSM_CLI) + " bench --preset tiny -p 8 -n 4 -b 1,2 -r 3 -o json 2>&1");
+  INFO(out);
+  REQUIRE(status == 0);
+  auto const j = nlohmann::json::parse(out);
+  REQUIRE(j.at("repetitions") == 3);
+  REQUIRE(j.at("results").size() == 4);  // pp8 and tg4 at each batch
+  for (auto const& row : j.at("results")) {
+    std::vector<double> const runs = row.at("tokens_per_second_runs");
+    REQUIRE(runs.size() == 3);
+    double const median = row.at("tokens_per_second"), lo = row.at("tokens_per_second_min"),
+                 hi = row.at("tokens_per_second_max");
+    REQUIRE(lo == *std::min_element(runs.begin(), runs.end()));
+    REQUIRE(hi == *std::max_element(runs.begin(), runs.end()));
+    REQUIRE(std::count(runs.begin(), runs.end(), median) >= 1);
+    REQUIRE((lo <= median && median <= hi));
+    if (row.at("test") == "tg4" && j.at("backend") != "Cuda") REQUIRE(row.at("triad_GBps_runs").size() == 3);
+    REQUIRE(row.at("fraction_of_limit").get<double>() > 0.0);
+  }
+  auto const [refused, refused_status] = run(std::string(SSM_CLI) + " bench --preset tiny -r 0 2>&1");
+  REQUIRE(refused_status != 0);
+  REQUIRE(refused.find("-r must be at least 1") != std::string::npos);
 }

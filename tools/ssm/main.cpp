@@ -3,7 +3,7 @@
 //   ssm score      -m DIR (--ids 1,2,3 | -f FILE) [--json]
 //   ssm perplexity -m DIR -f FILE
 //   ssm generate   -m DIR --ids 1,2,3 -n N [--temp T --top-k K --top-p P --min-p P --repeat-penalty R --seed S] [--json]
-//   ssm bench      (-m DIR | --preset NAME) [-p 512] [-n 128] [-b 1,8] [-t THREADS] [-o md|json]
+//   ssm bench      (-m DIR | --preset NAME) [-p 512] [-n 128] [-b 1,8] [-r 3] [-t THREADS] [-o md|json]
 //   ssm tokenize   -m (DIR | tokenizer.json) (-p TEXT | -f FILE) [--json]
 //   ssm detokenize -m (DIR | tokenizer.json) (--ids 1,2,3 | -f FILE) [--json]
 //   ssm make-model --preset tiny|130m|370m|790m|1.4b|2.8b --dtype f32|f16|bf16 -o DIR
@@ -407,15 +407,40 @@ double prefill_flops_per_token(ssm::model_config const& c) {
   return 2.0 * c.n_layer * (2 * D * E + (R + 2 * N) * D + D * R + E * D);
 }
 
+/// One test of `ssm bench`, run `repetitions` times: the median and the range of its times.
 struct bench_row {
   std::string test;
   std::size_t batch, tokens;
-  double ms, tokens_per_second;
+  double ms, tokens_per_second;   ///< the median run
+  double tokens_per_second_min, tokens_per_second_max;
+  std::vector<double> bandwidths;  ///< host decode: the triad measured right after each run
+  std::vector<double> per_run;     ///< tokens/s of each run, in order
 };
+
+/// A row from the wall times of its runs.
+bench_row make_row(std::string test, std::size_t batch, std::size_t tokens, std::vector<double> const& run_ms,
+                   std::vector<double> bandwidths = {}) {
+  bench_row r{std::move(test), batch, tokens, 0.0, 0.0, 0.0, 0.0, std::move(bandwidths), {}};
+  double const work = 1000.0 * static_cast<double>(batch * tokens);
+  for (double const ms : run_ms) r.per_run.push_back(work / ms);
+  std::vector<double> sorted = run_ms;
+  std::sort(sorted.begin(), sorted.end());
+  r.ms = sorted[sorted.size() / 2];
+  r.tokens_per_second = work / r.ms;
+  r.tokens_per_second_min = work / sorted.back();
+  r.tokens_per_second_max = work / sorted.front();
+  return r;
+}
+
+/// The median of some values.
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 template <class Model>
 std::vector<bench_row> run_bench(Model const& model, std::size_t prompt, std::size_t n,
-                                 std::vector<std::size_t> const& batches) {
+                                 std::vector<std::size_t> const& batches, int repetitions) {
   using T = typename std::remove_cvref_t<decltype(model)>::activation_type;
   std::vector<bench_row> rows;
   std::size_t const V = model.vocab();
@@ -430,16 +455,14 @@ std::vector<bench_row> run_bench(Model const& model, std::size_t prompt, std::si
       model.forward(space(), ids, last, &cache);  // warm-up
       space().fence();
       std::vector<double> runs;
-      for (int repeat = 0; repeat < (on_host ? 1 : 5); ++repeat) {
+      for (int repeat = 0; repeat < repetitions; ++repeat) {
         cache = model.make_cache(static_cast<int>(B));
         auto const start = clock_type::now();
         model.forward(space(), ids, last, &cache);
         space().fence();
         runs.push_back(ms_since(start));
       }
-      std::sort(runs.begin(), runs.end());
-      double const ms = runs[runs.size() / 2];
-      rows.push_back({"pp" + std::to_string(prompt), B, prompt, ms, 1000.0 * static_cast<double>(B * prompt) / ms});
+      rows.push_back(make_row("pp" + std::to_string(prompt), B, prompt, runs));
     }
     if (n > 0) {
       auto cache = model.make_cache(static_cast<int>(B));
@@ -456,70 +479,101 @@ std::vector<bench_row> run_bench(Model const& model, std::size_t prompt, std::si
       decode.record(space(), step);
       decode.replay();
       space().fence();
-      auto const start = clock_type::now();
-      for (std::size_t i = 0; i < n; ++i) decode.replay();
-      space().fence();
-      double const ms = ms_since(start);
-      rows.push_back({"tg" + std::to_string(n), B, n, ms, 1000.0 * static_cast<double>(B * n) / ms});
+      // On the host the bandwidth a shared machine gives moves from second to second, so each run
+      // is paired with a triad measured right after it.
+      std::vector<double> runs, bandwidths;
+      for (int repeat = 0; repeat < repetitions; ++repeat) {
+        auto const start = clock_type::now();
+        for (std::size_t i = 0; i < n; ++i) decode.replay();
+        space().fence();
+        runs.push_back(ms_since(start));
+        if (on_host) bandwidths.push_back(stream_gigabytes_per_second());
+      }
+      rows.push_back(make_row("tg" + std::to_string(n), B, n, runs, bandwidths));
     }
   }
   return rows;
 }
 
 int cmd_bench(std::string const& dir, std::string const& preset, std::string const& dtype, std::string const& activations,
-              std::size_t prompt, std::size_t n, std::string const& batches_text, std::string const& format) {
+              std::size_t prompt, std::size_t n, std::string const& batches_text, int repetitions,
+              std::string const& format) {
   std::vector<std::size_t> batches;
   for (auto id : parse_ids(batches_text, "-b")) batches.push_back(static_cast<std::size_t>(std::max(1, id)));
+  if (repetitions < 1) throw ssm::error("bench: -r must be at least 1, got " + std::to_string(repetitions));
   return with_types(dtype, activations, [&](auto wt, auto t) {
     using Wt = decltype(wt);
     using T = decltype(t);
     auto const model = dir.empty() ? ssm::mamba_lm<space, T, Wt>(ssm::mamba_lm_weights<Wt, memory>::copy_of(
                                          ssm::random_lm_weights<Wt>(ssm::preset_config(preset), 1)))
                                    : load_model<Wt, T>(dir);
-    auto const rows = run_bench(model, prompt, n, batches);
+    auto const rows = run_bench(model, prompt, n, batches, repetitions);
     std::string const name = dir.empty() ? preset : dir;
     std::string const types = dtype + (std::is_same_v<T, Wt> ? "" : "/f32");
     int const threads = ssm::compat::concurrency(space());
-    double const bandwidth = stream_gigabytes_per_second();
+    // the bandwidth of the header line: every triad the decode runs were paired with, or one
+    // measurement now
+    std::vector<double> measured;
+    for (auto const& r : rows) measured.insert(measured.end(), r.bandwidths.begin(), r.bandwidths.end());
+    double const bandwidth = measured.empty() ? stream_gigabytes_per_second() : median(measured);
     double const gemm = gemm_gigaflops<T>();
     double const bytes = decode_weight_bytes<Wt>(model.config());
     double const flops = prefill_flops_per_token(model.config());
     double const limit = bandwidth * 1e9 / bytes;  // decode tokens/s at batch 1 if weights streamed at that bandwidth
     // Achieved rate and fraction of its limit: weights read per second for decoding (the weights
-    // are read once per step whatever the batch), dense-layer FLOP per second for prefill.
+    // are read once per step whatever the batch), dense-layer FLOP per second for prefill. A
+    // decode run paired with its own triad is held against that one; the fraction printed is
+    // the median over the runs.
+    auto const rate_of = [&](bench_row const& r, double tokens_per_second) {
+      return r.test[0] == 't' ? bytes * tokens_per_second / static_cast<double>(r.batch) / 1e9
+                              : flops * tokens_per_second / 1e9;
+    };
     auto const achieved = [&](bench_row const& r) {
-      bool const decode = r.test[0] == 't';
-      double const rate = decode ? bytes * r.tokens_per_second / static_cast<double>(r.batch) / 1e9
-                                 : flops * r.tokens_per_second / 1e9;
-      return std::pair{rate, rate / (decode ? bandwidth : gemm)};
+      double const rate = rate_of(r, r.tokens_per_second);
+      if (r.test[0] != 't') return std::pair{rate, rate / gemm};
+      if (r.bandwidths.empty()) return std::pair{rate, rate / bandwidth};
+      std::vector<double> fractions;
+      for (std::size_t i = 0; i < r.per_run.size(); ++i) fractions.push_back(rate_of(r, r.per_run[i]) / r.bandwidths[i]);
+      return std::pair{rate, median(fractions)};
     };
     if (format == "json") {
       nlohmann::json j = {{"model", name}, {"dtype", types}, {"backend", space::name()}, {"threads", threads},
-                          {on_host ? "triad_GBps" : "copy_GBps", bandwidth}, {"gemm_GFLOPs", gemm}, {"decode_weight_bytes", bytes},
+                          {"repetitions", repetitions}, {on_host ? "triad_GBps" : "copy_GBps", bandwidth},
+                          {"gemm_GFLOPs", gemm}, {"decode_weight_bytes", bytes},
                           {"prefill_flops_per_token", flops}, {"results", nlohmann::json::array()}};
       for (auto const& r : rows) {
         auto const [rate, fraction] = achieved(r);
-        nlohmann::json row = {{"test", r.test}, {"batch", r.batch}, {"ms", r.ms},
+        nlohmann::json row = {{"test", r.test},
+                              {"batch", r.batch},
+                              {"ms", r.ms},
                               {"ms_per_step", r.ms / static_cast<double>(r.tokens)},
-                              {"tokens_per_second", r.tokens_per_second}, {"fraction_of_limit", fraction}};
+                              {"tokens_per_second", r.tokens_per_second},
+                              {"tokens_per_second_min", r.tokens_per_second_min},
+                              {"tokens_per_second_max", r.tokens_per_second_max},
+                              {"tokens_per_second_runs", r.per_run},
+                              {"fraction_of_limit", fraction}};
         row[r.test[0] == 't' ? "weights_GBps" : "GFLOPs"] = rate;
+        if (!r.bandwidths.empty()) row["triad_GBps_runs"] = r.bandwidths;
         j["results"].push_back(row);
       }
       std::cout << j.dump(2) << "\n";
     } else {
       std::printf("%s %.1f GB/s; a decode step reads %.1f MB of weights: limit %.2f tokens/s per sequence\n",
                   on_host ? "STREAM triad" : "device copy", bandwidth, bytes / 1e6, limit);
-      std::printf("ssm::linear %.0f GFLOP/s on a square product; a prompt token costs %.2f GFLOP in dense layers\n\n",
+      std::printf("ssm::linear %.0f GFLOP/s on a square product; a prompt token costs %.2f GFLOP in dense layers\n",
                   gemm, flops / 1e9);
-      std::printf("| model | dtype | backend | threads | test | batch | t/s | ms per step | achieved | of the limit |\n");
-      std::printf("|---|---|---|---:|---|---:|---:|---:|---:|---:|\n");
+      std::printf("each test ran %d times: t/s is the median run, beside the slowest and fastest%s\n\n", repetitions,
+                  on_host && n > 0 ? "; each decode run is held against a triad measured right after it" : "");
+      std::printf("| model | dtype | backend | threads | test | batch | t/s | range | ms per step | achieved | of the limit |\n");
+      std::printf("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
       for (auto const& r : rows) {
         auto const [rate, fraction] = achieved(r);
         bool const decode = r.test[0] == 't';
-        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f | %.3f | %.1f %s | %.0f%% |\n", name.c_str(), types.c_str(),
-                    space::name(), threads, r.test.c_str(), r.batch, r.tokens_per_second,
-                    r.ms / static_cast<double>(decode ? r.tokens : 1), decode || on_host ? rate : rate / 1e3,
-                    decode ? "GB/s" : on_host ? "GFLOP/s" : "TFLOP/s", 100.0 * fraction);
+        std::printf("| %s | %s | %s | %d | %s | %zu | %.2f | %.2f-%.2f | %.3f | %.1f %s | %.0f%% |\n", name.c_str(),
+                    types.c_str(), space::name(), threads, r.test.c_str(), r.batch, r.tokens_per_second,
+                    r.tokens_per_second_min, r.tokens_per_second_max, r.ms / static_cast<double>(decode ? r.tokens : 1),
+                    decode || on_host ? rate : rate / 1e3, decode ? "GB/s" : on_host ? "GFLOP/s" : "TFLOP/s",
+                    100.0 * fraction);
       }
     }
     return 0;
@@ -536,6 +590,7 @@ int main(int argc, char** argv) {
   std::string dir, dtype = "f32", activations = "auto", ids_text, file, out, preset, batches = "1", format = "md";
   bool json = false;
   std::size_t n = 16, prompt = 512, chunk = 512;
+  int repetitions = 3;
   std::uint64_t seed = 1;
   ssm::generation_options generation;
 
@@ -578,6 +633,7 @@ int main(int argc, char** argv) {
   bench->add_option("-p", prompt, "prompt tokens (0: no prefill test)");
   bench->add_option("-n", n, "generated tokens (0: no decode test)");
   bench->add_option("-b", batches, "batch sizes, e.g. 1,8");
+  bench->add_option("-r,--repetitions", repetitions, "runs of each test; the median is reported (default 3)");
   bench->add_option("-o", format, "md or json")->check(CLI::IsMember({"md", "json"}));
   bench->add_option("--dtype", dtype, "weight storage: f32, f16, bf16");
 
@@ -628,7 +684,7 @@ int main(int argc, char** argv) {
       code = cmd_generate(dir, dtype, activations, ids_text, prompt_text, generation, json);
     } else if (bench->parsed()) {
       if (dir.empty() && preset.empty()) throw ssm::error("bench: give -m DIR or --preset NAME");
-      code = cmd_bench(dir, preset, dtype, activations, prompt, n, batches, format);
+      code = cmd_bench(dir, preset, dtype, activations, prompt, n, batches, repetitions, format);
     } else if (make->parsed()) {
       code = cmd_make_model(preset, dtype, out, seed);
     } else if (tokenize->parsed()) {
