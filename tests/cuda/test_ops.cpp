@@ -74,7 +74,11 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
   scan_sizes without_options{2, 19, 3, 16, 1};
   without_options.has_D = without_options.has_z = without_options.has_bias = without_options.softplus = false;
   for (scan_sizes const sizes : {scan_sizes{1, 1, 1, 1, 1}, scan_sizes{2, 19, 9, 16, 1}, scan_sizes{3, 12, 5, 7, 4},
-                                 scan_sizes{1, 5, 4, 130, 1}, scan_sizes{2, 300, 3, 16, 1}, without_options}) {
+                                 scan_sizes{1, 5, 4, 130, 1}, scan_sizes{2, 300, 3, 16, 1}, without_options,
+                                 // odd B (a thread's second sequence past the end), lanes per channel from
+                                 // 1 (N = 2, 4) to 8 (N = 32), channels past the last block's end, groups
+                                 scan_sizes{5, 70, 2, 8, 2}, scan_sizes{3, 33, 2, 32, 1}, scan_sizes{3, 65, 2, 4, 5},
+                                 scan_sizes{1, 9, 2, 2, 3}}) {
     INFO(sizes.name());
     ssm::test::scan_case<T> steps(sizes, 21);  // its u, delta, z, B, C are (B, D, L) / (B, G, N, L)
     auto const all = Kokkos::ALL;
