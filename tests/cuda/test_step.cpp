@@ -84,9 +84,10 @@ void sweep() {
   compare<T, Wt>(small_config(), 1, 4);
   compare<T, Wt>(small_config(), 3, 3);
   compare<T, Wt>(shape(96, 200, 16, 4, 12, false), 1, 4);  // D over several blocks, not a multiple of 64
-  compare<T, Wt>(shape(64, 128, 16, 4, 40, true), 8, 3);    // R > 32: lanes loop over dt_rank
-  compare<T, Wt>(shape(32, 70, 48, 2, 5, true), 2, 3);      // N > 32: lanes loop over the state
-  compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 5, 3);      // N = 1, W = 1: no conv state
+  compare<T, Wt>(shape(64, 128, 16, 4, 40, true), 1, 3);    // R > 32: lanes loop over dt_rank
+  compare<T, Wt>(shape(32, 70, 48, 2, 5, true), 1, 3);      // N > 32: lanes loop over the state
+  compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 1, 3);      // N = 1, W = 1: no conv state
+  compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 5, 3);      // the same, op by op
   compare<T, Wt>(shape(64, 128, 16, 4, 8, true), 20, 2);    // more sequences than a fused step takes
 }
 
