@@ -5,7 +5,8 @@
 /// Kokkos 3.4 (the version Debian 12 ships inside Trilinos) keeps its math functions in
 /// `Kokkos::Experimental`, has no labelled `fence`, and no `Kokkos::min/max`. Kokkos 3.7 and 4.x
 /// moved the math functions to `Kokkos::`. Nothing else in the library may test
-/// `KOKKOS_VERSION`; it calls the wrappers below instead.
+/// `KOKKOS_VERSION`; it calls the wrappers below instead. `prefetch` likewise absorbs the one
+/// difference between host and device code that the host kernels need.
 
 #include <Kokkos_Complex.hpp>
 #include <Kokkos_Core.hpp>
@@ -106,6 +107,17 @@ void fence(ExecSpace const& space, [[maybe_unused]] char const* label) {
 template <class ExecSpace>
 int concurrency(ExecSpace const& space) {
   return space.concurrency();  // static in 3.4, a member in 4.x: this spelling works for both
+}
+
+/// \brief Ask the host's caches to start loading the line at `address` (a hint: no fault, no
+/// effect on the result). Compiles to nothing in device code.
+/// \param address any address, valid or not.
+KOKKOS_FORCEINLINE_FUNCTION void prefetch(void const* address) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__) || defined(__SYCL_DEVICE_ONLY__)
+  (void)address;
+#else
+  __builtin_prefetch(address, /*read*/ 0, /*keep in every level*/ 3);
+#endif
 }
 
 /// \brief A policy whose kernel can be recorded in a CUDA graph (`ssm::graph`).
