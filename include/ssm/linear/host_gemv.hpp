@@ -15,6 +15,10 @@
 
 #include <Kokkos_Core.hpp>
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDA_ARCH__)
+#include <immintrin.h>
+#endif
+
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/views.hpp>
@@ -30,29 +34,61 @@ inline constexpr int features_per_item = 8;
 /// \brief How far ahead of its reads `dot_row` asks for the weights, in bytes.
 inline constexpr std::size_t prefetch_bytes = 8192;
 
-/// \brief \f$\mathrm{init} + \sum_k w_k x_k\f$ over K terms: one weight row against one fp32
-/// activation row, in fp32.
-///
-/// 32 independent partial sums, four AVX2 registers, so that four FMA chains hide each other's
-/// latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32); 16-bit weights are
-/// widened in registers. The decoding paths all call it, so they round alike.
-///
-/// It asks for the weights `prefetch_bytes` ahead of those it multiplies: into the next rows,
-/// which the matrix-vector products read next. The hardware prefetcher alone kept too few
-/// loads in flight for one core: a row-by-row bf16 product streamed 23-25 GB/s without, 28-31
-/// with the hint 8 KB ahead (4 KB ahead: 25-26; 16 KB: 27-29), on the machine of
-/// `docs/benchmarks.md`.
-/// \tparam Wt weight storage type (`float`, `ssm::f16`, `ssm::bf16`).
-/// \param w K weights, contiguous. \param x K activations, contiguous. \param K the length.
-/// \param init the value the sum starts from (a bias, or 0).
-/// \return the dot product plus `init`.
+namespace detail {
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDA_ARCH__)
+/// \brief Whether this host compilation has AVX2, FMA and F16C (and `dot_row_avx2` exists).
+inline constexpr bool host_avx2 = true;
+
+/// \brief Eight consecutive weights as fp32, one load each: f32 as is, bf16 zero-extended and
+/// shifted into the upper half, f16 through the F16C conversion. All three are exact.
+inline __m256 widen8(float const* w) { return _mm256_loadu_ps(w); }
+inline __m256 widen8(bf16 const* w) {
+  __m128i const bits = _mm_loadu_si128(reinterpret_cast<__m128i const*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+inline __m256 widen8(f16 const* w) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(w))); }
+
+/// \brief `dot_row` in AVX2 intrinsics, with the same partial sums, added in the same order, so
+/// the same bits: partial j of the portable loop is lane j % 8 of accumulator j / 8. GCC 12
+/// vectorizes the portable loop with a 256-bit load and an extract per eight bf16 weights and
+/// streamed a row of 768 bf16 weights from cache at 39 GB/s; this streams it at 65 GB/s.
 template <class Wt>
-KOKKOS_FORCEINLINE_FUNCTION float dot_row(Wt const* w, float const* x, int K, float init) {
+inline float dot_row_avx2(Wt const* w, float const* x, int K, float init, std::uintptr_t ahead) {
+  constexpr int lanes = 32, line = 64;
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int k = 0;
+  for (; k + lanes <= K; k += lanes) {
+    for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
+      compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
+    a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    a2 = _mm256_fmadd_ps(widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+    a3 = _mm256_fmadd_ps(widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+  }
+  float acc = init;
+  for (; k < K; ++k) acc += to_float(w[k]) * x[k];
+  // the portable tree: j += j + 16, j += j + 8, then within 8 lanes j += j + 4, + 2, + 1
+  __m256 const s = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return acc + _mm_cvtss_f32(h);
+}
+#else
+/// \brief Whether this host compilation has AVX2, FMA and F16C (and `dot_row_avx2` exists).
+inline constexpr bool host_avx2 = false;
+/// \brief Declared only, so that `dot_row` names it in a branch that is never taken here.
+template <class Wt>
+float dot_row_avx2(Wt const* w, float const* x, int K, float init, std::uintptr_t ahead);
+#endif
+
+/// \brief The portable loop of `dot_row` (see there); `ahead` is where its prefetches start.
+template <class Wt>
+KOKKOS_FORCEINLINE_FUNCTION float dot_row_portable(Wt const* w, float const* x, int K, float init,
+                                                   std::uintptr_t ahead) {
   constexpr int lanes = 32;
   constexpr int line = 64;  // bytes of a cache line; one iteration reads lanes * sizeof(Wt)
-  // an address computed as an integer: past the last row it may point anywhere, which a
-  // prefetch allows and pointer arithmetic would not
-  auto const ahead = reinterpret_cast<std::uintptr_t>(w) + prefetch_bytes;
   float partial[lanes] = {};
   int k = 0;
   for (; k + lanes <= K; k += lanes) {
@@ -65,6 +101,36 @@ KOKKOS_FORCEINLINE_FUNCTION float dot_row(Wt const* w, float const* x, int K, fl
   for (int width = lanes / 2; width > 0; width /= 2)  // pairwise: a tree of sums
     for (int j = 0; j < width; ++j) partial[j] += partial[j + width];
   return acc + partial[0];
+}
+
+}  // namespace detail
+
+/// \brief \f$\mathrm{init} + \sum_k w_k x_k\f$ over K terms: one weight row against one fp32
+/// activation row, in fp32.
+///
+/// 32 independent partial sums, four AVX2 registers, so that four FMA chains hide each other's
+/// latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32); 16-bit weights are
+/// widened in registers. The decoding paths all call it, so they round alike. Where the compiler
+/// targets AVX2 (the `avx2` preset), the same sums run as intrinsics (`detail::dot_row_avx2`).
+///
+/// It asks for the weights `prefetch_bytes` ahead of those it multiplies: into the next rows,
+/// which the matrix-vector products read next. The hardware prefetcher alone kept too few
+/// loads in flight for one core: a row-by-row bf16 product streamed 23-25 GB/s without, 28-31
+/// with the hint 8 KB ahead (4 KB ahead: 25-26; 16 KB: 27-29), on the machine of
+/// `docs/benchmarks.md`.
+/// \tparam Wt weight storage type (`float`, `ssm::f16`, `ssm::bf16`).
+/// \param w K weights, contiguous. \param x K activations, contiguous. \param K the length.
+/// \param init the value the sum starts from (a bias, or 0).
+/// \return the dot product plus `init`.
+template <class Wt>
+KOKKOS_FORCEINLINE_FUNCTION float dot_row(Wt const* w, float const* x, int K, float init) {
+  // an address computed as an integer: past the last row it may point anywhere, which a
+  // prefetch allows and pointer arithmetic would not
+  auto const ahead = reinterpret_cast<std::uintptr_t>(w) + prefetch_bytes;
+  if constexpr (detail::host_avx2)
+    return detail::dot_row_avx2(w, x, K, init, ahead);
+  else
+    return detail::dot_row_portable(w, x, K, init, ahead);
 }
 
 /// \brief \f$y = x W^\top + b\f$ for M <= `few_rows` rows, streaming each weight row once.
