@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include <ssm/core/dtype.hpp>
@@ -44,6 +45,16 @@ inline cudaStream_t stream(Kokkos::Cuda const& space) { return space.cuda_stream
 /// \param n items. \param per_block items per block. \return the rounded-up quotient, at least 1.
 constexpr unsigned blocks_for(std::size_t n, std::size_t per_block) {
   return static_cast<unsigned>(n == 0 ? 1 : (n + per_block - 1) / per_block);
+}
+
+/// \brief Call `f(std::integral_constant<int, V>{})` for the V among `Values` that equals `v`: a
+/// runtime size turned into the compile-time one a kernel is instantiated for.
+/// \tparam Values the sizes there are kernels for. \param v the size. \param f a generic callable.
+/// \throws ssm::error if `v` is none of them (the callers check their sizes first).
+template <int... Values, class F>
+void with_constant(int v, F&& f) {
+  bool const found = ((v == Values && (f(std::integral_constant<int, Values>{}), true)) || ...);
+  if (!found) throw error("ssm::cuda::with_constant: no kernel for the size " + std::to_string(v));
 }
 
 /// \brief Whether a pointer is aligned to `bytes`.

@@ -134,6 +134,14 @@ KOKKOS_INLINE_FUNCTION f16 from_float<f16>(float x) {
   return f16{static_cast<std::uint16_t>(sign | result)};
 }
 
+/// \brief Round to the storage type T and back: what storing a T and reading it again does. The
+/// fused decoding steps call it where the op-by-op path stores a value in T, so that both round alike.
+/// \tparam T `float`, `ssm::f16` or `ssm::bf16`. \param x the value. \return the nearest T, as fp32.
+template <class T>
+KOKKOS_FORCEINLINE_FUNCTION float round_to(float x) {
+  return to_float(from_float<T>(x));
+}
+
 /// \brief Name of each storage type, as safetensors spells it.
 /// \tparam T `float`, `ssm::f16` or `ssm::bf16`; other types are declared but not defined.
 template <class T>

@@ -48,12 +48,6 @@ namespace cuda::kernels {
 /// Threads per block of `dt_state_update`.
 inline constexpr int step_threads = 256;
 
-/// \brief Round to the storage type T and back: what storing a T and reading it again does.
-template <class T>
-__device__ inline float round_to(float x) {
-  return to_float(from_float<T>(x));
-}
-
 /// \brief Sum over the 32 lanes of a warp; every lane gets the total.
 __device__ inline float warp_sum(float x) {
   for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);

@@ -40,12 +40,6 @@ namespace ssm {
 
 namespace host::detail {
 
-/// \brief Round to the storage type T and back: what storing a T and reading it again does.
-template <class T>
-KOKKOS_FORCEINLINE_FUNCTION float round_to(float x) {
-  return to_float(from_float<T>(x));
-}
-
 /// \brief Enqueue a block's decoding step of `p.mixer.batch` sequences as one team of all of
 /// `space`'s threads (see the file comment).
 /// \tparam ExecSpace a host execution space. \tparam T activation storage type.

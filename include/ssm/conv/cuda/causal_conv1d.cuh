@@ -168,16 +168,7 @@ __global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_update_
 template <class F>
 void with_conv_width(int width, F&& f) {
   static_assert(max_conv_width == 8, "with_conv_width has one case per width");
-  switch (width) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
-  }
+  with_constant<1, 2, 3, 4, 5, 6, 7, 8>(width, f);
 }
 
 /// \brief Blocks along the grid's y dimension: `items`, at most CUDA's limit (kernels loop over the rest).

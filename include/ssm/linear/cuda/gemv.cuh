@@ -243,16 +243,7 @@ void gemv_with(cudaStream_t stream, int split, int M, int N, int K, T const* x, 
     launch(kernels::gemv<m, Rows, Depth, T, Wt>, dim3(blocks), dim3(kernels::gemv_threads), 0, stream,
            "ssm::linear (CUDA gemv)", x, ldx, w, ldw, bias, y, ldy, N, K, split);
   };
-  switch (M) {
-    case 1: launch_rows(std::integral_constant<int, 1>{}); break;
-    case 2: launch_rows(std::integral_constant<int, 2>{}); break;
-    case 3: launch_rows(std::integral_constant<int, 3>{}); break;
-    case 4: launch_rows(std::integral_constant<int, 4>{}); break;
-    case 5: launch_rows(std::integral_constant<int, 5>{}); break;
-    case 6: launch_rows(std::integral_constant<int, 6>{}); break;
-    case 7: launch_rows(std::integral_constant<int, 7>{}); break;
-    default: launch_rows(std::integral_constant<int, 8>{}); break;
-  }
+  with_constant<1, 2, 3, 4, 5, 6, 7, 8>(M, launch_rows);
 }
 
 }  // namespace detail
@@ -269,8 +260,7 @@ void gemv(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx
   auto with = [&](auto depth) {
     detail::gemv_with<1, decltype(depth)::value>(stream, shape.split, M, N, K, x, ldx, w, ldw, bias, y, ldy);
   };
-  if (shape.depth == 2) with(std::integral_constant<int, 2>{});
-  else with(std::integral_constant<int, 4>{});
+  with_constant<2, 4>(shape.depth, with);
 }
 
 }  // namespace ssm::cuda

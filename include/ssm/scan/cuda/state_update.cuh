@@ -189,14 +189,7 @@ struct selective_state_update_backend<Kokkos::Cuda> {
       cuda::launch(cuda::detail::state_update_kernel<n, T>, grid, dim3(cuda::detail::state_update_threads), 0,
                    cuda::stream(space), "ssm::selective_state_update::cuda", a);
     };
-    switch (N) {
-      case 1: launch(std::integral_constant<int, 1>{}); break;
-      case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 4: launch(std::integral_constant<int, 4>{}); break;
-      case 8: launch(std::integral_constant<int, 8>{}); break;
-      case 16: launch(std::integral_constant<int, 16>{}); break;
-      default: launch(std::integral_constant<int, 32>{}); break;
-    }
+    cuda::with_constant<1, 2, 4, 8, 16, 32>(N, launch);
   }
 };
 
