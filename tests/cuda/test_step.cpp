@@ -143,6 +143,15 @@ void block_sweep() {
   compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 8, 2);  // R beyond the registers of dt_state_update
   compare_block<T, Wt>(shape(32, 64, 1, 1, 1, false), 2, 3);      // N = 1, W = 1: no conv state
   compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 9, 2);     // more sequences than the fused block takes
+  // each in_proj kernel the backend may choose; 2D = 2048 outputs, not a multiple of 5 or 6 warps' worth
+  struct restore_choice {
+    ~restore_choice() { mamba_block_step_backend<gpu::space>::force_in_proj_rows = 0; }
+  } const restore;
+  for (int rows : {4, 5, 6}) {
+    CAPTURE(rows);
+    mamba_block_step_backend<gpu::space>::force_in_proj_rows = rows;
+    compare_block<T, Wt>(shape(256, 1024, 16, 4, 16, true), 1, 2);
+  }
 }
 
 }  // namespace

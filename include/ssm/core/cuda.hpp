@@ -57,6 +57,14 @@ void with_constant(int v, F&& f) {
   if (!found) throw error("ssm::cuda::with_constant: no kernel for the size " + std::to_string(v));
 }
 
+/// \brief Call `f(std::integral_constant<int, V>{})` for each V of `Values`, in order: to compare
+/// the kernels instantiated for several sizes.
+/// \tparam Values the sizes. \param f a generic callable.
+template <int... Values, class F>
+void for_each_constant(F&& f) {
+  (f(std::integral_constant<int, Values>{}), ...);
+}
+
 /// \brief Whether a pointer is aligned to `bytes`.
 /// \param p the pointer. \param bytes a power of two. \return `p % bytes == 0`.
 inline bool aligned(void const* p, std::size_t bytes) {

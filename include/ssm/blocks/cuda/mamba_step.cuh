@@ -278,10 +278,40 @@ struct mamba_step_backend<Kokkos::Cuda> {
 template <>
 struct mamba_block_step_backend<Kokkos::Cuda> {
   static constexpr bool fused = true;  ///< `mamba_block::step` asks `fuses`, then calls `run`
-  /// in_proj outputs per warp of `norm_in_proj_conv`: every block normalises the row first, so
-  /// fewer, larger blocks spend less on it. On an H200 (2.8B, bf16) one output per warp took
-  /// 2.75 ms per token, two 2.61, four 2.54 (90 registers a thread, 2 blocks per multiprocessor).
-  static constexpr int in_proj_rows = 4;
+
+  /// 4, 5 or 6 to make `run` take that many in_proj outputs per warp (the tests run each); 0,
+  /// the default, to let `in_proj_rows` choose.
+  static inline thread_local int force_in_proj_rows = 0;
+
+  /// \brief in_proj outputs per warp of `norm_in_proj_conv`, among 4, 5 and 6: the fewest that
+  /// take the fewest waves of resident blocks.
+  ///
+  /// Every block normalises the row before its products, so fewer, larger blocks spend less on it;
+  /// and a block that starts only when another ends streams its weights alone at the end. On an
+  /// H200 (2.8B, bf16; 132 multiprocessors, 2 blocks each at 90 to 127 registers a thread), in ms
+  /// per token: one output per warp 2.75, two 2.61, four 2.55 (320 blocks: two waves), five 2.32
+  /// (256 blocks: one wave). Batches of one load instead of two per row hold fewer bytes in flight:
+  /// four 2.54, five 2.68, six 2.60, eight 2.57.
+  /// \tparam T activation storage type. \tparam Wt weight storage type.
+  /// \param outputs in_proj's outputs, 2D. \param shared the kernel's dynamic shared memory.
+  /// \return 4, 5 or 6.
+  template <class T, class Wt>
+  static int in_proj_rows(int outputs, std::size_t shared) {
+    int best = 0;
+    long best_waves = 0;
+    cuda::for_each_constant<4, 5, 6>([&](auto rows) {
+      int per_multiprocessor = 0;
+      cuda::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                      &per_multiprocessor, cuda::kernels::norm_in_proj_conv<1, rows, 2, T, Wt>,
+                      cuda::kernels::gemv_threads, shared),
+                  "ssm::mamba_block::step (CUDA): occupancy of norm_in_proj_conv");
+      long const resident = static_cast<long>(per_multiprocessor) * cuda::multiprocessors();
+      long const blocks = cuda::blocks_for(static_cast<std::size_t>(outputs), rows * (cuda::kernels::gemv_threads / 32));
+      long const waves = resident > 0 ? (blocks + resident - 1) / resident : blocks;
+      if (best == 0 || waves < best_waves) best = rows, best_waves = waves;
+    });
+    return best;
+  }
 
   /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
   /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
@@ -340,8 +370,19 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
             static_cast<std::size_t>(N), static_cast<std::size_t>(rows * (cuda::kernels::gemv_threads / 32) / split));
         cuda::launch(kernel, dim3(blocks), dim3(cuda::kernels::gemv_threads), shared, stream, what, a, split);
       };
-      launch(cuda::kernels::norm_in_proj_conv<1, in_proj_rows, 2, T, Wt>, in_proj_rows, 2 * D,
-             static_cast<std::size_t>(E) * sizeof(T), "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+      std::size_t const normed_bytes = static_cast<std::size_t>(E) * sizeof(T);
+      // the choice is a few driver queries: made once per device and size
+      thread_local struct {
+        int device = -1, outputs = 0, rows = 0;
+      } choice;
+      int device = 0;
+      cuda::check(cudaGetDevice(&device), "ssm::mamba_block::step (CUDA): cudaGetDevice");
+      if (choice.device != device || choice.outputs != 2 * D)
+        choice = {device, 2 * D, in_proj_rows<T, Wt>(2 * D, normed_bytes)};
+      cuda::with_constant<4, 5, 6>(force_in_proj_rows != 0 ? force_in_proj_rows : choice.rows, [&](auto rows) {
+        launch(cuda::kernels::norm_in_proj_conv<1, rows, 2, T, Wt>, rows, 2 * D, normed_bytes,
+               "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+      });
       mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
       launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, 1, E, 0, "ssm::mamba_block::step (CUDA): out_proj_residual");
     }

@@ -71,12 +71,13 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
 ///   shared memory);
 /// - `activations(m, p, out)` gives the 16 / sizeof(Wt) activations of row m at piece p, widened;
 /// - `store(m, n, sum)` takes each finished output, called by one thread per (m, n).
-/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 to 4).
+/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (M * Rows <= 32).
 /// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
 /// \tparam Wt weight type.
 template <int M, int Rows, int Depth, class Wt, class Prologue, class Activations, class Store>
 __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, int N, int K, int split,
                                   Prologue&& prologue, Activations&& activations, Store&& store) {
+  static_assert(M * Rows <= 32, "one lane stores each of a warp's outputs");
   constexpr int vec = 16 / sizeof(Wt);  // weights per 16-byte load
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   int const groups_per_block = (gemv_threads / 32) / split;
@@ -158,7 +159,7 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
 ///
 /// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads; see `gemv_block`.
-/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (1 to 4).
+/// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (M * Rows <= 32).
 /// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
 /// \tparam T activation type. \tparam Wt weight type.
 template <int M, int Rows, int Depth, class T, class Wt>
