@@ -36,6 +36,12 @@ inline constexpr std::size_t prefetch_bytes = 8192;
 
 namespace detail {
 
+/// \brief Whether `dot_row` asks for rows of Wt ahead (see there): 16-bit weights only. One core
+/// reading fp32 rows of 768 or 2560 weights streamed 31-33 GB/s without the hint and 30-32 with
+/// it; in the model (130m, f32, alternating builds) the step without it was 1-3% faster.
+template <class Wt>
+inline constexpr bool prefetches = sizeof(Wt) < 4;
+
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDA_ARCH__)
 /// \brief Whether this host compilation has AVX2, FMA and F16C (and `dot_row_avx2` exists).
 inline constexpr bool host_avx2 = true;
@@ -60,13 +66,15 @@ inline float dot_row_avx2(Wt const* w, float const* x, int K, float init, std::u
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int k = 0;
   for (; k + lanes <= K; k += lanes) {
-    for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
-      compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
+    if constexpr (prefetches<Wt>)
+      for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
+        compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
     a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
     a1 = _mm256_fmadd_ps(widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
     a2 = _mm256_fmadd_ps(widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
     a3 = _mm256_fmadd_ps(widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
   }
+  for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
   float acc = init;
   for (; k < K; ++k) acc += to_float(w[k]) * x[k];
   // the portable tree: j += j + 16, j += j + 8, then within 8 lanes j += j + 4, + 2, + 1
@@ -93,10 +101,13 @@ KOKKOS_FORCEINLINE_FUNCTION float dot_row_portable(Wt const* w, float const* x, 
   float partial[lanes] = {};
   int k = 0;
   for (; k + lanes <= K; k += lanes) {
-    for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
-      compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
+    if constexpr (prefetches<Wt>)
+      for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
+        compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
     for (int j = 0; j < lanes; ++j) partial[j] += to_float(w[k + j]) * x[k + j];
   }
+  for (; k + 8 <= K; k += 8)  // the rest in eighths, into the first 8 partial sums
+    for (int j = 0; j < 8; ++j) partial[j] += to_float(w[k + j]) * x[k + j];
   float acc = init;
   for (; k < K; ++k) acc += to_float(w[k]) * x[k];
   for (int width = lanes / 2; width > 0; width /= 2)  // pairwise: a tree of sums
@@ -110,12 +121,13 @@ KOKKOS_FORCEINLINE_FUNCTION float dot_row_portable(Wt const* w, float const* x, 
 /// activation row, in fp32.
 ///
 /// 32 independent partial sums, four AVX2 registers, so that four FMA chains hide each other's
-/// latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32); 16-bit weights are
-/// widened in registers. The decoding paths all call it, so they round alike. Where the compiler
+/// latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32); what is left of the
+/// row after the last 32 goes eight at a time into the first eight sums (dt_proj's rows of 48 at
+/// the 130m shape), and only the last K % 8 one by one. 16-bit weights are widened in registers. The decoding paths all call it, so they round alike. Where the compiler
 /// targets AVX2 (the `avx2` preset), the same sums run as intrinsics (`detail::dot_row_avx2`).
 ///
-/// It asks for the weights `prefetch_bytes` ahead of those it multiplies: into the next rows,
-/// which the matrix-vector products read next. The hardware prefetcher alone kept too few
+/// For 16-bit weights it asks for the weights `prefetch_bytes` ahead of those it multiplies: into
+/// the next rows, which the matrix-vector products read next. The hardware prefetcher alone kept too few
 /// loads in flight for one core: a row-by-row bf16 product streamed 23-25 GB/s without, 28-31
 /// with the hint 8 KB ahead (4 KB ahead: 25-26; 16 KB: 27-29), on the machine of
 /// `docs/benchmarks.md`.
