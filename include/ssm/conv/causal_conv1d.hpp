@@ -212,6 +212,28 @@ void causal_conv1d_portable(ExecSpace const& space, causal_conv1d_params<T, Wt, 
       });
 }
 
+/// \brief One channel's streaming step on strided pointers:
+/// \f$y = \mathrm{act}(\beta + \sum_{k<W-1} w_k s_k + w_{W-1} x)\f$, then the window moves on
+/// (\f$s_k \leftarrow s_{k+1}\f$, \f$s_{W-2} \leftarrow x\f$).
+///
+/// The arithmetic every decoding path shares: the portable update below and the fused steps of
+/// `ssm/blocks/host/mamba_step.hpp` and `ssm/blocks/cuda/mamba_step.cuh`, so that they round alike.
+/// \tparam T activation storage type. \tparam Wt weight storage type.
+/// \param w the channel's W weights, `w_step` apart. \param state its W - 1 past inputs, oldest
+/// first, `state_step` apart; updated. \param width W. \param bias \f$\beta\f$ (0 for none).
+/// \param x the new input. \param silu whether act is SiLU (else the identity).
+/// \return y, in T.
+template <class T, class Wt>
+KOKKOS_FORCEINLINE_FUNCTION T conv_update_channel(Wt const* w, std::ptrdiff_t w_step, T* state,
+                                                  std::ptrdiff_t state_step, int width, float bias, T x, bool silu) {
+  float acc = bias;
+  for (int k = 0; k + 1 < width; ++k) acc += to_float(w[k * w_step]) * to_float(state[k * state_step]);
+  acc += to_float(w[(width - 1) * w_step]) * to_float(x);
+  for (int k = 0; k + 2 < width; ++k) state[k * state_step] = state[(k + 1) * state_step];
+  if (width > 1) state[(width - 2) * state_step] = x;
+  return from_float<T>(silu ? fast_silu(acc) : acc);
+}
+
 /// \brief The portable Kokkos path of one streaming step: one work item per (batch, channel)
 /// (asynchronous).
 ///
@@ -239,13 +261,9 @@ void causal_conv1d_update_portable(ExecSpace const& space, causal_conv1d_update_
         auto const& q = params;
         int const b = item / channels;
         int const d = item % channels;
-        float acc = has_bias ? to_float(q.bias(d)) : 0.0f;
-        for (int k = 0; k + 1 < width; ++k) acc += to_float(q.weight(d, k)) * to_float(q.state(b, d, k));
-        T const x = q.x(b, d);
-        acc += to_float(q.weight(d, width - 1)) * to_float(x);
-        q.out(b, d) = from_float<T>(q.silu_activation ? fast_silu(acc) : acc);
-        for (int k = 0; k + 2 < width; ++k) q.state(b, d, k) = q.state(b, d, k + 1);
-        if (width > 1) q.state(b, d, width - 2) = x;
+        T* const state = width > 1 ? &q.state(b, d, 0) : nullptr;  // at W = 1 there is no state
+        q.out(b, d) = conv_update_channel(&q.weight(d, 0), q.weight.stride(1), state, q.state.stride(2), width,
+                                          has_bias ? to_float(q.bias(d)) : 0.0f, q.x(b, d), q.silu_activation);
       });
 }
 

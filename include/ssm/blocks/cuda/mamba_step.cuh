@@ -35,6 +35,7 @@
 
 #include <cstddef>
 
+#include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
@@ -187,16 +188,12 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     T const v = from_float<T>(sum);
     a.xz[static_cast<std::size_t>(m) * 2 * D + n] = v;
     if (n >= D) return;  // z
-    // the conv update of channel n, as causal_conv1d_update_kernel computes it
+    // the conv update of channel n
     int const W = a.W;
-    T* state = a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1);
-    Wt const* w = a.conv_weight + static_cast<std::size_t>(n) * W;
-    float acc = a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f;
-    for (int k = 0; k < W - 1; ++k) acc += to_float(w[k]) * to_float(state[k]);
-    acc += to_float(w[W - 1]) * to_float(v);
-    a.xc[static_cast<std::size_t>(m) * D + n] = from_float<T>(fast_silu(acc));
-    for (int k = 0; k + 1 < W - 1; ++k) state[k] = state[k + 1];
-    if (W > 1) state[W - 2] = v;
+    a.xc[static_cast<std::size_t>(m) * D + n] =
+        ssm::detail::conv_update_channel(a.conv_weight + static_cast<std::size_t>(n) * W, 1,
+                            a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1), 1, W,
+                            a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f, v, true);
   };
   gemv_block<M, Rows, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
 }

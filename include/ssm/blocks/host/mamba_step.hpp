@@ -29,6 +29,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <ssm/blocks/mamba.hpp>  // which includes this file at its end, once it is complete
+#include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
@@ -100,23 +101,16 @@ void block_step(ExecSpace const& space, mamba_config const& c, mamba_block_step_
           q.mixer.xz[static_cast<std::size_t>(m) * 2 * D + n] =
               from_float<T>(dot_row(in_w + static_cast<std::size_t>(n) * E, &normed(m * E), E, init));
       }
-      // the conv update of the channels of u this item finished (the arithmetic of
-      // `causal_conv1d_update_portable`)
-      for (int d = n0; d < n1 && d < D; ++d) {
-        Wt const* const cw = conv_w + static_cast<std::size_t>(d) * W;
+      // the conv update of the channels of u this item finished
+      for (int d = n0; d < n1 && d < D; ++d)
         for (int m = 0; m < B; ++m) {
           T* const state = q.mixer.conv_state + (static_cast<std::size_t>(m) * D + d) * (W - 1);
-          float acc = conv_b != nullptr ? to_float(conv_b[d]) : 0.0f;
-          for (int k = 0; k + 1 < W; ++k) acc += to_float(cw[k]) * to_float(state[k]);
-          T const x = q.mixer.xz[static_cast<std::size_t>(m) * 2 * D + d];
-          acc += to_float(cw[W - 1]) * to_float(x);
-          T const u = from_float<T>(fast_silu(acc));
+          T const u = ssm::detail::conv_update_channel(conv_w + static_cast<std::size_t>(d) * W, 1, state, 1, W,
+                                                       conv_b != nullptr ? to_float(conv_b[d]) : 0.0f,
+                                                       q.mixer.xz[static_cast<std::size_t>(m) * 2 * D + d], true);
           q.mixer.xc[static_cast<std::size_t>(m) * D + d] = u;
           xc_f(m * D + d) = to_float(u);
-          for (int k = 0; k + 2 < W; ++k) state[k] = state[k + 1];
-          if (W > 1) state[W - 2] = x;
         }
-      }
     });
     team.team_barrier();
 
