@@ -11,18 +11,22 @@
 
 namespace ssm::test {
 
-/// A small mixer shape with D not a multiple of 8, N not a power of two, and a conv of width 4.
-inline mamba_config small_config() {
+/// A mixer of these sizes, with or without the conv's bias and the dense layers' biases.
+inline mamba_config mamba_shape(int d_model, int d_inner, int d_state, int d_conv, int dt_rank, bool conv_bias,
+                                bool bias) {
   mamba_config c;
-  c.d_model = 12;
-  c.d_inner = 26;
-  c.d_state = 6;
-  c.d_conv = 4;
-  c.dt_rank = 3;
-  c.conv_bias = true;
-  c.bias = true;
+  c.d_model = d_model;
+  c.d_inner = d_inner;
+  c.d_state = d_state;
+  c.d_conv = d_conv;
+  c.dt_rank = dt_rank;
+  c.conv_bias = conv_bias;
+  c.bias = bias;
   return c;
 }
+
+/// A small mixer shape with D not a multiple of 8, N not a power of two, and a conv of width 4.
+inline mamba_config small_config() { return mamba_shape(12, 26, 6, 4, 3, true, true); }
 
 /// Random weights for `config`: dense layers uniform in +-1.5/sqrt(fan_in), steps log-uniform in
 /// [1e-3, 1e-1] before softplus, A = -uniform(0.5, 16), D = uniform(0.5, 1.5).

@@ -201,17 +201,7 @@ namespace {
 
 /// A wider mixer than `small_config`: rows long enough for the 32-wide loops of the host
 /// matrix-vector product, with tails, no dense biases and a 16-wide state.
-mamba_config wide_config() {
-  mamba_config c;
-  c.d_model = 72;
-  c.d_inner = 150;
-  c.d_state = 16;
-  c.d_conv = 4;
-  c.dt_rank = 37;
-  c.conv_bias = true;
-  c.bias = false;
-  return c;
-}
+mamba_config wide_config() { return mamba_shape(72, 150, 16, 4, 37, true, false); }
 
 /// B sequences of L tokens through a block, once by `forward` and once token by token with
 /// `step` (on the host, up to 8 sequences take the fused step of `ssm/blocks/host/mamba_step.hpp`

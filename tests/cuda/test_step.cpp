@@ -32,6 +32,15 @@ tolerance step_tolerance(View const& expected, std::size_t terms) {
   else return {8.0 * unit_roundoff<T>(), 8.0 * unit_roundoff<T>() * scale};
 }
 
+/// Random conv and SSM states on the host (seeds `seed` and `seed + 1`), and the same on the GPU.
+template <class HostState, class GpuState>
+void random_states(HostState& host, GpuState& gpu, std::uint64_t seed) {
+  fill_uniform(host.conv, seed);
+  fill_uniform(host.ssm, seed + 1);
+  Kokkos::deep_copy(gpu.conv, host.conv);
+  Kokkos::deep_copy(gpu.ssm, host.ssm);
+}
+
 template <class T, class Wt>
 void compare(mamba_config const& c, int B, int steps) {
   CAPTURE(c.d_inner, c.d_state, c.d_conv, c.dt_rank, B);
@@ -44,11 +53,8 @@ void compare(mamba_config const& c, int B, int steps) {
   gpu_mixer const on_gpu(c, device_weights);
 
   auto host_state = host_mixer::state_type::zeros(c, B);
-  fill_uniform(host_state.conv, 5);
-  fill_uniform(host_state.ssm, 6);
   auto gpu_state = gpu_mixer::state_type::zeros(c, B);
-  Kokkos::deep_copy(gpu_state.conv, host_state.conv);
-  Kokkos::deep_copy(gpu_state.ssm, host_state.ssm);
+  random_states(host_state, gpu_state, 5);
 
   host2<T> hidden("hidden", B, c.d_model), expected("expected", B, c.d_model);
   gpu::dev2<T> d_hidden("hidden", B, c.d_model), d_out("out", B, c.d_model);
@@ -68,15 +74,7 @@ void compare(mamba_config const& c, int B, int steps) {
 }
 
 mamba_config shape(int d_model, int d_inner, int d_state, int d_conv, int dt_rank, bool bias) {
-  mamba_config c;
-  c.d_model = d_model;
-  c.d_inner = d_inner;
-  c.d_state = d_state;
-  c.d_conv = d_conv;
-  c.dt_rank = dt_rank;
-  c.conv_bias = bias;
-  c.bias = bias;
-  return c;
+  return mamba_shape(d_model, d_inner, d_state, d_conv, dt_rank, bias, bias);
 }
 
 template <class T, class Wt>
@@ -109,11 +107,8 @@ void compare_block(mamba_config const& c, int B, int steps) {
   gpu_block const on_gpu(typename gpu_block::mixer_type(c, device_weights), d_norm);
 
   auto host_state = host_block::state_type::zeros(c, B);
-  fill_uniform(host_state.conv, 8);
-  fill_uniform(host_state.ssm, 9);
   auto gpu_state = gpu_block::state_type::zeros(c, B);
-  Kokkos::deep_copy(gpu_state.conv, host_state.conv);
-  Kokkos::deep_copy(gpu_state.ssm, host_state.ssm);
+  random_states(host_state, gpu_state, 8);
   host2<float> residual("residual", B, c.d_model);
   fill_uniform(residual, 10, -2.0f, 2.0f);
   gpu::dev2<float> d_residual("residual", B, c.d_model);
