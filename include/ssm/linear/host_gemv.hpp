@@ -123,8 +123,9 @@ KOKKOS_FORCEINLINE_FUNCTION float dot_row_portable(Wt const* w, float const* x, 
 /// 32 independent partial sums, four AVX2 registers, so that four FMA chains hide each other's
 /// latency (one core decoding 2.8b in bf16: 4.13 t/s with 16, 4.46 with 32); what is left of the
 /// row after the last 32 goes eight at a time into the first eight sums (dt_proj's rows of 48 at
-/// the 130m shape), and only the last K % 8 one by one. 16-bit weights are widened in registers. The decoding paths all call it, so they round alike. Where the compiler
-/// targets AVX2 (the `avx2` preset), the same sums run as intrinsics (`detail::dot_row_avx2`).
+/// the 130m shape), and only the last K % 8 one by one. 16-bit weights are widened in registers.
+/// The decoding paths all call it, so they round alike. Where the compiler targets AVX2 (the
+/// `avx2` preset), the same sums run as intrinsics (`detail::dot_row_avx2`).
 ///
 /// For 16-bit weights it asks for the weights `prefetch_bytes` ahead of those it multiplies: into
 /// the next rows, which the matrix-vector products read next. The hardware prefetcher alone kept too few

@@ -190,10 +190,11 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     if (n >= D) return;  // z
     // the conv update of channel n
     int const W = a.W;
+    T* const state = a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1);
+    float const bias = a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f;
     a.xc[static_cast<std::size_t>(m) * D + n] =
-        ssm::detail::conv_update_channel(a.conv_weight + static_cast<std::size_t>(n) * W, 1,
-                            a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1), 1, W,
-                            a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f, v, true);
+        ssm::detail::conv_update_channel(a.conv_weight + static_cast<std::size_t>(n) * W, 1, state, 1, W, bias, v,
+                                         true);
   };
   gemv_block<M, Rows, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
 }
@@ -303,7 +304,8 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
                       cuda::kernels::gemv_threads, shared),
                   "ssm::mamba_block::step (CUDA): occupancy of norm_in_proj_conv");
       long const resident = static_cast<long>(per_multiprocessor) * cuda::multiprocessors();
-      long const blocks = cuda::blocks_for(static_cast<std::size_t>(outputs), rows * (cuda::kernels::gemv_threads / 32));
+      long const blocks =
+          cuda::blocks_for(static_cast<std::size_t>(outputs), rows * (cuda::kernels::gemv_threads / 32));
       long const waves = resident > 0 ? (blocks + resident - 1) / resident : blocks;
       if (best == 0 || waves < best_waves) best = rows, best_waves = waves;
     });
