@@ -14,15 +14,13 @@ namespace ssm::test {
 /// A mixer of these sizes, with or without the conv's bias and the dense layers' biases.
 inline mamba_config mamba_shape(int d_model, int d_inner, int d_state, int d_conv, int dt_rank, bool conv_bias,
                                 bool bias) {
-  mamba_config c;
-  c.d_model = d_model;
-  c.d_inner = d_inner;
-  c.d_state = d_state;
-  c.d_conv = d_conv;
-  c.dt_rank = dt_rank;
-  c.conv_bias = conv_bias;
-  c.bias = bias;
-  return c;
+  return {.d_model = d_model,
+          .d_inner = d_inner,
+          .d_state = d_state,
+          .d_conv = d_conv,
+          .dt_rank = dt_rank,
+          .conv_bias = conv_bias,
+          .bias = bias};
 }
 
 /// A small mixer shape with D not a multiple of 8, N not a power of two, and a conv of width 4.

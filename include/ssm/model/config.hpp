@@ -34,16 +34,14 @@ struct model_config {
   /// \brief The mixer sizes of every block.
   /// \return the `ssm::mamba_config` of one block.
   mamba_config mixer() const {
-    mamba_config c;
-    c.d_model = d_model;
-    c.d_inner = d_inner;
-    c.d_state = d_state;
-    c.d_conv = d_conv;
-    c.dt_rank = dt_rank;
-    c.conv_bias = conv_bias;
-    c.bias = bias;
-    c.norm_eps = norm_eps;
-    return c;
+    return {.d_model = d_model,
+            .d_inner = d_inner,
+            .d_state = d_state,
+            .d_conv = d_conv,
+            .dt_rank = dt_rank,
+            .conv_bias = conv_bias,
+            .bias = bias,
+            .norm_eps = norm_eps};
   }
 };
 
