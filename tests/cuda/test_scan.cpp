@@ -208,11 +208,10 @@ TEMPLATE_TEST_CASE("selective scan on the GPU: the state updated in place, and n
   }
 }
 
-TEMPLATE_TEST_CASE("selective scan on the GPU: the Mamba block's token-major layout", "[cuda][scan]", float, bf16) {
-  using T = TestType;
-  // As ssm::mamba_mixer lays the tensors out: u, delta and out (B, L, D); z the second half of
-  // in_proj's (B, L, 2D) output; B and C columns R and R + N of x_proj's (B*L, R + 2N) output.
-  scan_sizes const sizes{2, 64, 300, 16, 1};
+/// Run every path on a scan in the Mamba block's token-major layout (see the test case below), and
+/// compare the outputs and final state with the reference.
+template <class T>
+void check_token_major(scan_sizes const& sizes) {
   std::size_t const B = sizes.batch, D = sizes.channels, L = sizes.length, N = sizes.state, R = 8;
   std::size_t const xw = R + 2 * N;
   scan_case<T> expected(sizes, 91);
@@ -247,7 +246,7 @@ TEMPLATE_TEST_CASE("selective scan on the GPU: the Mamba block's token-major lay
   auto const shape = ssm::detail::check(params, "test");
   for (path const& p : all_paths) {
     if (!applies<T>(p, shape)) continue;
-    INFO(p.name);
+    INFO(p.name << ": " << sizes.name());
     gpu::poison(out_dev);
     gpu::poison(gpu_case.final_state);
     run(p, params);
@@ -262,4 +261,15 @@ TEMPLATE_TEST_CASE("selective scan on the GPU: the Mamba block's token-major lay
     require_close(gpu::to_host(gpu_case.final_state), expected.final_state,
                   gpu_tolerance<float>(terms, max_abs(expected.final_state)), "final state");
   }
+}
+
+TEMPLATE_TEST_CASE("selective scan on the GPU: the Mamba block's token-major layout", "[cuda][scan]", float, bf16) {
+  using T = TestType;
+  // As ssm::mamba_mixer lays the tensors out: u, delta and out (B, L, D); z the second half of
+  // in_proj's (B, L, 2D) output; B and C columns R and R + N of x_proj's (B*L, R + 2N) output. The
+  // kernel prefetches into L2 in this layout only: 2 x 64 channels over 300 tokens, and one
+  // partial tile (9 channels: the prefetch's second half, from channel 16, stops at the last one)
+  // over 45 tokens (the last step is partial, and the prefetch stops at the last token).
+  for (scan_sizes const sizes : {scan_sizes{2, 64, 300, 16, 1}, scan_sizes{1, 9, 45, 5, 1}})
+    check_token_major<T>(sizes);
 }

@@ -26,16 +26,24 @@
 /// arithmetic from the strides per load and no branch around a load, since every pointer is kept
 /// inside its tensor (inactive lanes read channel D - 1, tokens past the end re-read the last one,
 /// and their results are dropped). Two register buffers take the steps in turn, each loaded while
-/// the other is processed. A step runs in three phases, each one basic block over its 4 tokens so
-/// that the compiler interleaves their independent chains (`scan_step`): the 4 step sizes
-/// (softplus), the states and \f$C^\top h\f$ (in two chains of additions), then the 4 outputs
-/// (skip, gate, stores).
+/// the other is processed. In token-major layouts (the Mamba block's) the warp also asks L2 for
+/// the step two steps beyond the one it loads, with one `prefetch.global.L2` per step whose 32
+/// lanes cover the step's 4 tensors x 4 tokens x 2 sectors, so that the loads find their data in
+/// L2, whose latency the two buffers hide, instead of waiting for DRAM. A step runs in three
+/// phases, each one basic block over its 4 tokens so that the compiler interleaves their
+/// independent chains (`scan_step`): the 4 step sizes (softplus), the states and \f$C^\top h\f$
+/// (in two chains of additions), then the 4 outputs (skip, gate, stores).
 ///
 /// One thread block holds `scan_config::tiles_per_block` tiles (4 by default; one warp each, of
 /// any batch) for N <= 16, or one tile in ceil(N / 16) warps, one per slice (the slices' partial
-/// outputs summed through shared memory). When the (batch, tile) pairs alone cannot fill the GPU
-/// (B = 1 at D = 5120: 160 warps for 132 SMs), the sequence is cut into S pieces, one per block
-/// of a thread-block cluster (Hopper; S up to 16), and:
+/// outputs summed through shared memory). The kernel has an instantiation for each: for N <= 16
+/// at most 4 warps per block and 3 resident blocks per SM (`scan_narrow_blocks`), which leaves
+/// 168 registers per thread, enough for the loop (167) not to spill, and the prefetch; for
+/// N > 16 up to 16 warps per block at 128 registers, without the prefetch.
+///
+/// When the (batch, tile) pairs alone cannot fill the GPU (B = 1 at D = 5120: 160 warps for 132
+/// SMs), the sequence is cut into S pieces, one per block of a thread-block cluster (Hopper; S up
+/// to 16), and:
 /// 1. every block but the last runs its piece from a zero state without outputs, giving per state
 ///    the piece's end state \f$h^0_n\f$ and, from the sum of its step sizes, its decay
 ///    \f$P_n = \prod_t a_{t,n} = 2^{A_n \log_2 e \sum_t \Delta_t}\f$ (one exponential per state
@@ -46,7 +54,9 @@
 /// 3. every block runs its piece again from its true incoming state, with outputs; the last
 ///    block's end state is the final state.
 /// The first pass (no C, no outputs) costs about 0.6 of the second in instructions, so S pieces
-/// cost \f$1 + 0.6 (S - 1) / S\f$ times the work of one, in exchange for S times the warps.
+/// cost \f$1 + 0.6 (S - 1) / S\f$ times the work of one, in exchange for S times the warps. In time
+/// it costs more where few warps share an SM: at B = 1, 2 pieces take 0.370 ms against 0.405 ms
+/// in one, about 0.8 of the second pass.
 ///
 /// `selective_scan_backend<Kokkos::Cuda>` picks S from the sizes and the device
 /// (`choose_scan_config`), and falls back to the portable path where the groups of B and C would
@@ -56,23 +66,33 @@
 ///
 /// Measured on an H200 (132 SMs) with `bench_cuda_scan`: bf16, D = 5120, L = 2048, N = 16, with z
 /// gate, D skip, delta bias and softplus, in the Mamba block's token-major layout; the median of
-/// 50 runs, before this design -> now:
+/// 50 runs. Before this design, then (in one run) with 128 registers and no prefetch, and now:
 ///
-/// | B  | before                   | now                                       | of 4.3 TB/s |
-/// |----|--------------------------|-------------------------------------------|-------------|
-/// | 1  | 0.309 ms (16 pieces)     | 0.192 ms (8 pieces, chosen; 16: 0.187 ms) | 10 %        |
-/// | 8  | 0.981 ms (1 piece)       | 0.806 ms (1 piece)                        | 19 %        |
-/// | 64 | 5.76 ms (1 piece)        | 4.75 ms (1 piece)                         | 26 %        |
+/// | B  | before               | 128 registers        | now                                       | of 4.3 TB/s |
+/// |----|----------------------|----------------------|-------------------------------------------|-------------|
+/// | 1  | 0.309 ms (16 pieces) | 0.191 ms (8 pieces)  | 0.180 ms (8 pieces, chosen; 16: 0.178 ms) | 11 %        |
+/// | 8  | 0.981 ms (1 piece)   | 0.808 ms (1 piece)   | 0.715 ms (1 piece)                        | 22 %        |
+/// | 64 | 5.76 ms (1 piece)    | 4.74 ms (1 piece)    | 4.45 ms (1 piece)                         | 28 %        |
 ///
 /// Still far from the DRAM bandwidth (B = 64 would take about 1.3 ms at 4.3 TB/s): the kernel is
-/// bound by instruction issue and latency. The compiled loop spends about 170 instructions per
-/// token and warp: 88 for the 16 states (per state one exponential, two multiplications, two
-/// FMAs and half a shared-memory load), about 20 for softplus and the gate (three more
-/// special-function operations), the rest for loads, pointers, stores and conversions. At B = 64
-/// (16 resident warps per SM, 128 registers each) that is about 240 cycles (at 1.98 GHz) per token
-/// and warp on each of the SM's four schedulers: 0.7 instructions per cycle, with the
-/// special-function unit (19 operations of 8 cycles per token) busy about 65 % of the time. With
-/// one warp per scheduler (B = 1 in one piece: 0.53 ms) the time goes into latency.
+/// bound by instruction issue and the special-function unit, and at small B by latency. The
+/// compiled loop of the second pass spends about 151 instructions per token and warp: 88 for the
+/// 16 states (per state one exponential, two multiplications, two FMAs and half a shared-memory
+/// load), about 20 for softplus and the gate (three more special-function operations), the rest
+/// for loads, pointers, the prefetch, stores and conversions. At B = 64 (12 resident warps per
+/// SM) that is about 222 cycles (at 1.98 GHz) per token and warp on each of the SM's four
+/// schedulers: 0.68 instructions per cycle, with the special-function unit (19 operations of 8
+/// cycles per token) busy about 68 % of the time. With one warp per scheduler (B = 1 in one piece:
+/// 0.405 ms, 387 cycles per token) the time goes into latency. Nsight Compute's samples of B = 1
+/// in 6 pieces (2 warps per scheduler) find the warps issuing 28 % of the time, waiting on
+/// fixed-latency dependencies 24 % (two fifths of it at the exponentials), on loads 12 % and at
+/// the cluster barrier 10 %.
+///
+/// The two changes from the 128-register kernel, each measured in one run against the kernel with
+/// both: 128 registers (4 blocks per SM, the loop spilling a just-loaded value every step, and
+/// so waiting there for the load: 23 % of the samples of B = 1 in one piece waited on loads) took
+/// 4.55, 0.773 and 0.183 ms at B = 64, 8 and 1 (8 pieces), against 4.44, 0.710 and 0.173 ms; no
+/// prefetch took 4.67, 0.735 and 0.178 ms.
 ///
 /// Tried, measured in the same benchmark run, and dropped:
 /// - Fewer registers for more resident warps: 2 tokens per step with the registers capped at 96
@@ -85,12 +105,21 @@
 /// - Cutting sequences into 2 pieces at B = 8 and 64 (1.23 and 8.37 ms), and 1 tile per block with
 ///   clusters at B = 1 (0.232 ms in 16 pieces): clusters of one-warp blocks fit badly on the SMs.
 ///   2 and 4 tiles per block are within 1 % of each other everywhere.
+/// - Any number of pieces from 2 to 16 (168 registers): at B = 1 in blocks of 4 tiles, 5 and 7
+///   pieces took 0.198 ms, 6 pieces 0.226 ms, 9 to 15 pieces 0.191 to 0.228 ms, against 0.173 ms
+///   in 8 (in blocks of 1 tile: 6 pieces 0.167 ms, 8 pieces 0.217 ms). How clusters of other sizes
+///   land on the SMs is erratic, and none won reliably.
+/// - Prefetching into L1 instead of L2 (2 or 3 steps ahead), or into L2 4 steps ahead: within 2 %
+///   of 2 steps into L2 everywhere (B = 1: 0.176 to 0.181 ms, B = 8: 0.713 to 0.723 ms, B = 64:
+///   4.44 to 4.47 ms).
 ///
-/// Next steps, untried: fewer instructions per token outside the states, e.g. two channels per
-/// thread (one 32-bit load for both in token-major layouts; the shared-memory reads of B and C,
-/// the pointer updates and the loop shared by both), which needs about 32 more registers (the
-/// second channel's states and A) and so 8 states per thread; and for B = 1 a cheaper first
-/// pass: with few warps per SM it is latency-bound and costs nearly as much as the second.
+/// Next steps, untried: at B = 64 issue and the special-function unit are about equally busy, so
+/// a gain needs fewer of both per token, e.g. two channels per thread (one 32-bit load for both in
+/// token-major layouts; the shared-memory reads of B and C, the pointer updates and the loop
+/// shared by both) with 8 states each to fit the registers, a channel's two halves of states in
+/// lanes l and l + 16, adding their partial outputs by a shuffle and sharing softplus and the gate
+/// by tokens; and for B = 1 a cheaper first pass: with 2 or 3 warps per scheduler it costs about
+/// 0.8 of the second.
 ///
 /// ## Accuracy
 ///
@@ -136,6 +165,11 @@ inline constexpr int scan_tiles_per_block = 4;
 /// \brief The most pieces a sequence is cut into: blocks per cluster (16 is beyond the portable 8,
 /// and needs the non-portable cluster size that Hopper allows).
 inline constexpr int max_scan_pieces = 16;
+/// \brief Resident blocks per SM (of `scan_tiles_per_block` warps) that the kernel for N <= 16 is
+/// compiled for: 168 registers per thread, which its loop uses (167) without spilling. With 4
+/// blocks, at 128 registers, it spilled a freshly loaded value every step, and so waited for the
+/// load there.
+inline constexpr int scan_narrow_blocks = 3;
 /// \brief The cost of the first pass over a piece relative to the second (no C, no outputs, no
 /// products of decays), for the launcher's model.
 inline constexpr double first_pass_cost = 0.6;
@@ -258,6 +292,11 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
+/// \brief Ask for the L2 sector holding `p` (`prefetch.global.L2`): one instruction, no register,
+/// nothing to wait for.
+/// \param p an address inside a tensor.
+__device__ __forceinline__ void prefetch_l2(void const* p) { asm volatile("prefetch.global.L2 [%0];" : : "l"(p)); }
+
 /// \brief `softplus` as torch computes it (threshold 20), without `log1p`:
 /// \f$\max(x, 0) + \log(1 + t)\f$ with \f$t = e^{-|x|} \in (0, 1]\f$, and \f$\log(1 + t) = t\,p(t)\f$ for
 /// a degree-9 polynomial fit of \f$\log(1 + t) / t\f$ on [0, 1] (Chebyshev, relative error below
@@ -300,6 +339,7 @@ struct token_inputs {
 /// \brief Where a thread reads: its batch, channel (clamped into range), group and slice.
 struct thread_place {
   int b;        ///< batch
+  int d0;       ///< first channel of the tile
   int d;        ///< channel of the lane, clamped to D - 1 for addressing
   bool active;  ///< the lane's channel exists (d < D)
   int g;        ///< group of B and C: the same for the whole tile
@@ -324,22 +364,32 @@ __device__ __forceinline__ unsigned owned_tokens(int slice, int slices) {
 /// instruction from a pointer and one 64-bit add, with no branch. Every pointer stays inside its
 /// tensor: an inactive lane reads channel D - 1 (`thread_place::d`), states beyond N read state 0
 /// (zeroed when staged), tokens past the end re-read the last token, and an absent z reads u.
+///
+/// In token-major layouts (the stride of d, and of n in B and C, is 1) the warp also asks L2 for
+/// the step two steps beyond the one it loads, one instruction per step: lane 8q + 2t + h takes
+/// tensor q (u, delta, z, then B for h = 0 and C for h = 1) at token t of that step, at channel
+/// d0 + 16 h (the two 32-byte sectors of a 16-bit row of the tile). The loads then find their
+/// data in L2, whose latency the register double buffer hides, instead of waiting for DRAM.
 /// \tparam T storage type.
 template <class T>
 struct token_streams {
-  T const* u;      ///< u at token `next`
-  T const* delta;  ///< delta at token `next`
-  T const* z;      ///< z at token `next` (u if absent)
-  T const* bc;     ///< the lane's B or C at token `next`
-  T* out;          ///< out at the next token to store
-  int next;        ///< the next token to load
+  T const* u;                 ///< u at token `next`
+  T const* delta;             ///< delta at token `next`
+  T const* z;                 ///< z at token `next` (u if absent)
+  T const* bc;                ///< the lane's B or C at token `next`
+  T* out;                     ///< out at the next token to store
+  T const* ahead;             ///< the lane's share of the step to prefetch, at token `ahead_token` (< L)
+  std::int64_t ahead_stride;  ///< the stride of tokens in the prefetched tensor
+  int ahead_token;            ///< the token of `ahead`; L or beyond: nothing more to prefetch
+  int next;                   ///< the next token to load
 };
 
 /// \brief A thread's streams from token `l` on (l < L).
+/// \tparam Prefetch whether to prefetch (in token-major layouts); else `ahead` is unused.
 /// \tparam T storage type.
 /// \param a the kernel arguments. \param at the thread's place. \param l the first token.
 /// \return the pointers.
-template <class T>
+template <bool Prefetch, class T>
 __device__ __forceinline__ token_streams<T> streams_at(scan_args<T> const& a, thread_place const& at, int l) {
   int const lane = static_cast<int>(threadIdx.x) % scan_tile;
   auto at_token = [&](auto const& x, std::int64_t bd, std::int64_t stride) { return x.data + bd + l * stride; };
@@ -356,18 +406,45 @@ __device__ __forceinline__ token_streams<T> streams_at(scan_args<T> const& a, th
                            : a.C.data + (at.b * a.C.stride[0] + at.g * a.C.stride[1] + n * a.C.stride[2] +
                                          l * a.C.stride[3]);
   s.next = l;
+  s.ahead = s.u, s.ahead_stride = 0, s.ahead_token = a.length;  // no prefetch
+  if constexpr (Prefetch) {
+    static_assert(scan_tokens == 4, "the prefetch maps the 32 lanes onto 4 tensors x 4 tokens x 2 halves");
+    bool const rows = a.u.stride[1] == 1 && a.delta.stride[1] == 1 && (!a.z.data || a.z.stride[1] == 1) &&
+                      a.B.stride[2] == 1 && a.C.stride[2] == 1;
+    int const q = lane / 8, half = lane % 2;
+    int const ahead = l + 2 * scan_tokens + lane % 8 / 2, la = min(ahead, a.length - 1);
+    std::int64_t const ch = min(at.d0 + half * (scan_tile / 2), a.channels - 1);
+    // u, delta, z (u if absent) at channel ch, or B or C at the slice's first state; token la
+    auto row = [&](auto const& x) { return x.data + (at.b * x.stride[0] + ch * x.stride[1] + la * x.stride[2]); };
+    auto state_row = [&](auto const& x) {
+      return x.data + (at.b * x.stride[0] + at.g * x.stride[1] + at.n0 * x.stride[2] + la * x.stride[3]);
+    };
+    if (q == 0 || (q == 2 && !a.z.data)) s.ahead = row(a.u), s.ahead_stride = a.u.stride[2];
+    else if (q == 1) s.ahead = row(a.delta), s.ahead_stride = a.delta.stride[2];
+    else if (q == 2) s.ahead = row(a.z), s.ahead_stride = a.z.stride[2];
+    else if (half == 0) s.ahead = state_row(a.B), s.ahead_stride = a.B.stride[3];
+    else s.ahead = state_row(a.C), s.ahead_stride = a.C.stride[3];
+    if (rows) s.ahead_token = ahead;
+  }
   return s;
 }
 
 /// \brief Load the next `Tokens` tokens and advance the streams; the position stops at the last
 /// token of the sequence, which tokens past the end re-read (their step size is zeroed, and
 /// their outputs are not stored).
+/// With `Prefetch`, also asks L2 for the lane's share of the step two steps further on.
 /// \tparam Tokens number of tokens.
+/// \tparam Prefetch whether to prefetch.
 /// \tparam T storage type.
 /// \param a the kernel arguments. \param s (in, out) the streams. \param in (out) the values.
-template <int Tokens, class T>
+template <int Tokens, bool Prefetch, class T>
 __device__ __forceinline__ void load_tokens(scan_args<T> const& a, token_streams<T>& s, token_inputs<T, Tokens>& in) {
   std::int64_t const bc_stride = static_cast<int>(threadIdx.x) % scan_tile < scan_slice ? a.B.stride[3] : a.C.stride[3];
+  if constexpr (Prefetch) {
+    if (s.ahead_token < a.length) prefetch_l2(s.ahead);
+    s.ahead_token += Tokens;
+    if (s.ahead_token < a.length) s.ahead += Tokens * s.ahead_stride;  // stays inside the tensor
+  }
   if (s.next + Tokens < a.length) {  // the whole step and the token after it exist: no checks
 #pragma unroll
     for (int t = 0; t < Tokens; ++t) {
@@ -550,26 +627,27 @@ __device__ __forceinline__ void scan_step(scan_args<T> const& a, thread_place co
 /// \f$\prod_t 2^{\Delta_t A_n \log_2 e} = 2^{A_n \log_2 e \sum_t \Delta_t}\f$ (no outputs).
 /// `begin` is a multiple of K and every warp of the block walks the same tokens.
 /// \tparam Outputs the second pass (outputs) or the first (decays).
+/// \tparam Prefetch whether to prefetch into L2 (`token_streams`).
 /// \tparam T storage type.
 /// \param a the kernel arguments. \param at the thread's place. \param k its constants.
 /// \param staged the warp's staging area (K x 32 floats).
 /// \param partial with `Outputs` and several slices: (2, slices, K, 32) partial outputs.
 /// \param begin first token. \param end one past the last token.
 /// \param h (in, out) (16) the slice of states. \param dt_sum (in, out) sum of the step sizes.
-template <bool Outputs, class T>
+template <bool Outputs, bool Prefetch, class T>
 __device__ __forceinline__ void walk(scan_args<T> const& a, thread_place const& at, channel_constants const& k,
                                      float* staged, float* partial, int begin, int end, float (&h)[scan_slice],
                                      float& dt_sum) {
   constexpr int K = scan_tokens;
   if (begin >= end) return;
-  token_streams<T> s = streams_at(a, at, begin);
+  token_streams<T> s = streams_at<Prefetch>(a, at, begin);
   token_inputs<T, K> even, odd;  // the inputs of even and odd steps
-  load_tokens(a, s, even);
+  load_tokens<K, Prefetch>(a, s, even);
   for (int l0 = begin, step = 0; l0 < end; l0 += 2 * K, step += 2) {
-    if (l0 + K < end) load_tokens(a, s, odd);
+    if (l0 + K < end) load_tokens<K, Prefetch>(a, s, odd);
     scan_step<Outputs>(a, at, k, even, staged, partial, l0, end, step, h, dt_sum, s.out);
     if (l0 + K >= end) break;
-    if (l0 + 2 * K < end) load_tokens(a, s, even);
+    if (l0 + 2 * K < end) load_tokens<K, Prefetch>(a, s, even);
     scan_step<Outputs>(a, at, k, odd, staged, partial, l0 + K, end, step + 1, h, dt_sum, s.out);
   }
 }
@@ -640,18 +718,23 @@ constexpr std::size_t scan_shared_bytes(int slices, int pieces, int tiles) {
 /// 2, 4, 8 or 16: the pieces of the sequence. Warps of tiles past the last (in the last blocks)
 /// walk with inactive lanes, since they take part in the barriers.
 /// \tparam T storage type.
+/// \tparam Narrow the instantiation for N <= 16 (one slice of states, at most
+/// `scan_tiles_per_block` warps per block, `scan_narrow_blocks` blocks per SM), or for any N (up
+/// to 16 warps per block, one block per SM: 128 registers).
 /// \param a the arguments; grid = ceil(B * ceil(D / 32) / tiles) * S blocks, a cluster's blocks
 /// consecutive.
-template <class T>
-__global__ void __launch_bounds__(scan_tile * (max_state_size / scan_slice), 1)
+template <class T, bool Narrow>
+__global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : scan_tile * (max_state_size / scan_slice),
+                                  Narrow ? scan_narrow_blocks : 1)
     selective_scan_fwd_kernel(scan_args<T> const a) {
   constexpr int K = scan_tokens;
+  constexpr bool prefetch = Narrow;  // the wide kernel has no registers to spare
   extern __shared__ float4 scan_shared[];  // float4: 16-byte alignment for the staged rows
   float* const shared = reinterpret_cast<float*>(scan_shared);
   int const lane = static_cast<int>(threadIdx.x) % scan_tile;
   int const warp = static_cast<int>(threadIdx.x) / scan_tile;
   int const warps = static_cast<int>(blockDim.x) / scan_tile;
-  int const slices = (a.state + scan_slice - 1) / scan_slice;
+  int const slices = Narrow ? 1 : (a.state + scan_slice - 1) / scan_slice;
   int const slice = warp % slices, tile_in_block = warp / slices, tiles_per_block = warps / slices;
   int const pieces = cluster_blocks(), piece = cluster_rank();
   int const tiles = (a.channels + scan_tile - 1) / scan_tile;
@@ -660,6 +743,7 @@ __global__ void __launch_bounds__(scan_tile * (max_state_size / scan_slice), 1)
   int const tile = min(wanted, all_tiles - 1);  // past the last: a real tile's addresses, no lanes active
   int const d0 = tile % tiles * scan_tile;
   thread_place const at{tile / tiles,
+                        d0,
                         min(d0 + lane, a.channels - 1),
                         wanted < all_tiles && d0 + lane < a.channels,
                         d0 / a.channels_per_group,
@@ -693,7 +777,7 @@ __global__ void __launch_bounds__(scan_tile * (max_state_size / scan_slice), 1)
     float* const in_state = tile_rest + 2 * scan_slice * scan_tile;          // (16, 32) state entering it
 #pragma unroll
     for (int n = 0; n < scan_slice; ++n) h[n] = 0.0f;
-    if (piece < pieces - 1) walk<false>(a, at, k, staged, rest, begin, end, h, dt_sum);
+    if (piece < pieces - 1) walk<false, prefetch>(a, at, k, staged, rest, begin, end, h, dt_sum);
 #pragma unroll
     for (int n = 0; n < scan_slice; ++n)
       out_pair[n * scan_tile + lane] = make_float2(exp2_approx(k.A2[n] * dt_sum), h[n]);
@@ -719,7 +803,7 @@ __global__ void __launch_bounds__(scan_tile * (max_state_size / scan_slice), 1)
     for (int n = 0; n < scan_slice; ++n) h[n] = in_state[n * scan_tile + lane];
   }
   // 3. The piece from its true incoming state, with the outputs.
-  walk<true>(a, at, k, staged, rest, begin, end, h, dt_sum);
+  walk<true, prefetch>(a, at, k, staged, rest, begin, end, h, dt_sum);
   if (piece == pieces - 1 && a.final_state.data && at.active) {
 #pragma unroll
     for (int n = 0; n < scan_slice; ++n)
@@ -767,7 +851,7 @@ scan_occupancy const& scan_occupancy_of(int device) {
   if (found != known.end()) return found->second;
   char const* what = "ssm::selective_scan::cuda: occupancy";
   constexpr int tiles = scan_tiles_per_block;
-  auto const kernel = selective_scan_fwd_kernel<T>;
+  auto const kernel = selective_scan_fwd_kernel<T, true>;
   scan_occupancy o;
   int previous = 0;
   check(cudaGetDevice(&previous), what);
@@ -894,7 +978,8 @@ void selective_scan_kernel(Kokkos::Cuda const& space, selective_scan_params<T, M
   launch.attrs = &cluster;
   launch.numAttrs = pieces > 1 ? 1 : 0;
   Kokkos::Profiling::pushRegion("ssm::selective_scan::cuda");
-  (void)cudaLaunchKernelEx(&launch, selective_scan_fwd_kernel<T>, args);  // an error is also the last error
+  auto const kernel = slices == 1 ? selective_scan_fwd_kernel<T, true> : selective_scan_fwd_kernel<T, false>;
+  (void)cudaLaunchKernelEx(&launch, kernel, args);  // an error is also the last error
   Kokkos::Profiling::popRegion();
   check_launch("ssm::selective_scan::cuda");
 }
