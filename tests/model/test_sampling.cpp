@@ -172,21 +172,30 @@ TEST_CASE("sampling: the k largest logits and the penalty window's give the whol
   }
 }
 
-TEST_CASE("sampling: argmax_rows and top_logits on the execution space agree with a sort of each row", "[sampling]") {
-  // Rows whose lengths are not multiples of the runs a thread reads, with ties, NaN and
-  // infinities; the oracle is a plain sort, largest first and ties by the smaller token.
+namespace {
+
+template <class Layout>
+void check_row_maxima() {
+  // Rows whose lengths are not multiples of the runs a thread reads, with ties, NaN, infinities,
+  // signed zeros and a row of NaN only; the oracle is a plain sort, largest first and ties by the
+  // smaller token.
   std::mt19937_64 rng(11);
   std::normal_distribution<float> normal(0.0f, 3.0f);
   for (int V : {1, 7, 37, 301, 4099}) {
-    int const B = 3, count = std::min(V, 6);
-    Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> logits("logits", B, V);
+    int const B = 5, count = std::min(V, 6);
+    Kokkos::View<float**, Layout, Kokkos::HostSpace> logits("logits", B, V);
     for (int b = 0; b < B; ++b)
       for (int v = 0; v < V; ++v) logits(b, v) = normal(rng);
+    for (int v = 0; v < V; ++v) logits(3, v) = -std::abs(logits(3, v)) - 1.0f;  // every logit negative
+    for (int v = 0; v < V; ++v) logits(4, v) = std::nanf("");                    // no number at all
     if (V > 30) {
       logits(0, 3) = logits(0, 29) = 50.0f;  // a tie for the first place: the smaller token wins
       logits(1, 5) = std::nanf("");
       logits(1, 6) = std::numeric_limits<float>::infinity();
       logits(2, V - 1) = 40.0f;  // the last token, in the final partial run
+      logits(3, 10) = -0.0f;     // signed zeros tie: the smaller token wins
+      logits(3, 20) = 0.0f;
+      logits(3, 30) = -std::numeric_limits<float>::infinity();
     }
     Kokkos::View<std::int32_t*, Kokkos::HostSpace> tokens("tokens", B);
     Kokkos::View<std::int32_t**, Kokkos::HostSpace> top("top", B, count);
@@ -202,13 +211,24 @@ TEST_CASE("sampling: argmax_rows and top_logits on the execution space agree wit
         if (!std::isnan(logits(b, v))) order.push_back(v);
       std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return logits(b, x) > logits(b, y); });
       CAPTURE(V, b);
-      REQUIRE(tokens(b) == order[0]);
+      REQUIRE(tokens(b) == (order.empty() ? -1 : order[0]));
       for (int i = 0; i < count; ++i) {
+        if (i >= static_cast<int>(order.size())) {
+          REQUIRE(top(b, i) == -1);
+          continue;
+        }
         REQUIRE(top(b, i) == order[i]);
         REQUIRE(values(b, i) == logits(b, order[i]));
       }
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("sampling: argmax_rows and top_logits on the execution space agree with a sort of each row", "[sampling]") {
+  check_row_maxima<Kokkos::LayoutRight>();  // contiguous rows (the host's vectorized argmax)
+  check_row_maxima<Kokkos::LayoutLeft>();   // strided rows (a team per row everywhere)
 }
 
 TEST_CASE("sampling: options out of range are refused", "[sampling][errors]") {

@@ -15,10 +15,7 @@
 
 #include <Kokkos_Core.hpp>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDA_ARCH__)
-#include <immintrin.h>
-#endif
-
+#include <ssm/core/avx2.hpp>
 #include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/views.hpp>
@@ -42,19 +39,7 @@ namespace detail {
 template <class Wt>
 inline constexpr bool prefetches = sizeof(Wt) < 4;
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__) && !defined(__CUDA_ARCH__)
-/// \brief Whether this host compilation has AVX2, FMA and F16C (and `dot_row_avx2` exists).
-inline constexpr bool host_avx2 = true;
-
-/// \brief Eight consecutive weights as fp32, one load each: f32 as is, bf16 zero-extended and
-/// shifted into the upper half, f16 through the F16C conversion. All three are exact.
-inline __m256 widen8(float const* w) { return _mm256_loadu_ps(w); }
-inline __m256 widen8(bf16 const* w) {
-  __m128i const bits = _mm_loadu_si128(reinterpret_cast<__m128i const*>(w));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-}
-inline __m256 widen8(f16 const* w) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<__m128i const*>(w))); }
-
+#ifdef SSM_HOST_AVX2
 /// \brief `dot_row` in AVX2 intrinsics, with the same partial sums, added in the same order:
 /// partial j of the portable loop is lane j % 8 of accumulator j / 8 (the bits agree too where
 /// the compiler fuses the portable loop's multiply-adds, as GCC does at -O3 with FMA). GCC 12
@@ -69,24 +54,18 @@ inline float dot_row_avx2(Wt const* w, float const* x, int K, float init, std::u
     if constexpr (prefetches<Wt>)
       for (int b = 0; b < lanes * static_cast<int>(sizeof(Wt)); b += line)
         compat::prefetch(reinterpret_cast<void const*>(ahead + k * sizeof(Wt) + static_cast<unsigned>(b)));
-    a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
-    a1 = _mm256_fmadd_ps(widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-    a2 = _mm256_fmadd_ps(widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-    a3 = _mm256_fmadd_ps(widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    a0 = _mm256_fmadd_ps(avx2::widen8(w + k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(avx2::widen8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    a2 = _mm256_fmadd_ps(avx2::widen8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+    a3 = _mm256_fmadd_ps(avx2::widen8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
   }
-  for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(widen8(w + k), _mm256_loadu_ps(x + k), a0);
+  for (; k + 8 <= K; k += 8) a0 = _mm256_fmadd_ps(avx2::widen8(w + k), _mm256_loadu_ps(x + k), a0);
   float acc = init;
   for (; k < K; ++k) acc += to_float(w[k]) * x[k];
   // the portable tree: j += j + 16, j += j + 8, then within 8 lanes j += j + 4, + 2, + 1
-  __m256 const s = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return acc + _mm_cvtss_f32(h);
+  return acc + avx2::sum8(_mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
 }
 #else
-/// \brief Whether this host compilation has AVX2, FMA and F16C (and `dot_row_avx2` exists).
-inline constexpr bool host_avx2 = false;
 /// \brief Declared only, so that `dot_row` names it in a branch that is never taken here.
 template <class Wt>
 float dot_row_avx2(Wt const* w, float const* x, int K, float init, std::uintptr_t ahead);
@@ -141,7 +120,7 @@ KOKKOS_FORCEINLINE_FUNCTION float dot_row(Wt const* w, float const* x, int K, fl
   // an address computed as an integer: past the last row it may point anywhere, which a
   // prefetch allows and pointer arithmetic would not
   auto const ahead = reinterpret_cast<std::uintptr_t>(w) + prefetch_bytes;
-  if constexpr (detail::host_avx2)
+  if constexpr (avx2::available)
     return detail::dot_row_avx2(w, x, K, init, ahead);
   else
     return detail::dot_row_portable(w, x, K, init, ahead);

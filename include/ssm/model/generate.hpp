@@ -42,12 +42,21 @@ struct generation_options {
 
 namespace detail {
 
+/// \brief A logit's bits made monotonic: an unsigned integer that orders as the floats do (-0
+/// equal to +0), 0 for NaN and above 0 for every number. Without branches, so that loops of it
+/// vectorize.
+KOKKOS_INLINE_FUNCTION std::uint32_t ordered_logit(float x) {
+  std::uint32_t bits = bit_cast<std::uint32_t>(x);
+  bits &= 0u - static_cast<std::uint32_t>(bits != 0x80000000u);  // -0 as +0
+  std::uint32_t const negative = 0u - (bits >> 31);
+  std::uint32_t const nan = 0u - static_cast<std::uint32_t>((bits & 0x7FFFFFFFu) > 0x7F800000u);
+  return (bits ^ (negative | 0x80000000u)) & ~nan;  // negatives complemented, positives above them
+}
 /// \brief A logit and its token as one unsigned key that orders as the logits do, ties by the
-/// smaller token: the float's bits made monotonic, above the complement of the token. NaN is 0.
+/// smaller token: `ordered_logit` above the complement of the token. NaN is 0.
 KOKKOS_INLINE_FUNCTION std::uint64_t logit_key(float x, int v) {
-  auto const bits = bit_cast<std::uint32_t>(x);
-  std::uint32_t const ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return x == x ? (std::uint64_t{ordered} << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(v)) : 0u;
+  std::uint32_t const ordered = ordered_logit(x);
+  return ordered != 0u ? (std::uint64_t{ordered} << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(v)) : 0u;
 }
 /// \brief The token of a key. \param key from `logit_key`. \return the token.
 KOKKOS_INLINE_FUNCTION std::int32_t key_token(std::uint64_t key) {
@@ -94,6 +103,25 @@ KOKKOS_INLINE_FUNCTION std::uint64_t row_max_key(Member const& member, Logits co
   return best;
 }
 
+/// \brief The greedy choice of one contiguous row on the host, as `argmax_rows` defines it: the
+/// largest `ordered_logit` in one pass, then its first position in another. Both loops vectorize,
+/// where the keys of `row_max_key` are 64-bit compares one logit at a time (on one core, 2% of a
+/// decoding step of the 130m model, with its 50,280 logits).
+/// \tparam T logit storage type. \param row V logits. \param V the row's length.
+/// \return the token, or -1 if the row holds no number.
+template <class T>
+std::int32_t argmax_row(T const* row, int V) {
+  std::uint32_t best = 0;
+  for (int v = 0; v < V; ++v) {
+    std::uint32_t const key = ordered_logit(to_float(row[v]));
+    best = key > best ? key : best;
+  }
+  if (best == 0u) return -1;
+  int v = 0;
+  while (ordered_logit(to_float(row[v])) != best) ++v;
+  return v;
+}
+
 /// \brief One decoding step: the first runs eagerly, since it allocates and plans everything a
 /// step needs, which recording must not do; later ones replay it, recorded once into `decode`.
 template <class ExecSpace, class Step>
@@ -123,6 +151,17 @@ void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
   static_assert(is_accessible_v<ExecSpace, MemSpace>, "ssm::argmax_rows: the views must be accessible from the space");
   detail::require(tokens.extent(0) == logits.extent(0), "ssm::argmax_rows", "tokens must be (B) for logits (B, V)");
   int const V = static_cast<int>(logits.extent(1));
+  if constexpr (std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>) {
+    if (logits.stride(1) == 1) {  // a row is one vectorized loop; rows in parallel
+      std::size_t const row_stride = logits.stride(0);
+      T const* const first = logits.data();
+      Kokkos::parallel_for(
+          "ssm::argmax_rows::host",
+          compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(logits.extent(0)))),
+          [=](int const b) { tokens(b) = detail::argmax_row(first + static_cast<std::size_t>(b) * row_stride, V); });
+      return;
+    }
+  }
   using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   Kokkos::parallel_for(
       "ssm::argmax_rows", detail::row_teams(space, static_cast<int>(logits.extent(0))),

@@ -136,6 +136,9 @@ void block_step(ExecSpace const& space, mamba_config const& c, mamba_block_step_
                  (dt_b != nullptr ? dt_b[d] : 0.0f);
       }
       for (int j = 0; j < count; ++j) dts[j] = fast_softplus(dts[j]);
+      float gates[run];  // a loop of its own, so that it vectorizes
+      T const* const z = q.mixer.xz + static_cast<std::size_t>(m) * 2 * D + D + d0;
+      for (int j = 0; j < count; ++j) gates[j] = fast_silu(to_float(z[j]));
       T const* const Bm = q.mixer.x_dbl + static_cast<std::size_t>(m) * xw + R;
       for (int j = 0; j < count; ++j) {
         int const d = d0 + j;
@@ -143,7 +146,7 @@ void block_step(ExecSpace const& space, mamba_config const& c, mamba_block_step_
         float y = ssm::detail::update_channel(q.mixer.ssm_state + (static_cast<std::size_t>(m) * D + d) * N,
                                               A + static_cast<std::size_t>(d) * N, Bm, Bm + N, N, dts[j], x);
         if (skip != nullptr) y += skip[d] * x;
-        y *= fast_silu(to_float(q.mixer.xz[static_cast<std::size_t>(m) * 2 * D + D + d]));
+        y *= gates[j];
         T const out = from_float<T>(y);
         q.mixer.y[static_cast<std::size_t>(m) * D + d] = out;
         y_f(m * D + d) = to_float(out);
