@@ -20,11 +20,24 @@
 /// N lanes per channel with 64-bit index arithmetic per lane; passes that each waited for their
 /// own loads; B and C in registers too (123 registers, 25% occupancy).
 ///
+/// From 16 sequences, `state_update_staged_kernel` runs the same lanes with the state staged in
+/// shared memory: a block asks for the states of 2 sequences (4 from 48 sequences) by `cp.async`,
+/// which hold no registers while in flight, and reads B and C once per block. Decoding the 2.8B
+/// model on an H200, ms per step, every variant in one run: at 64 sequences 4.996 with the
+/// registers' kernel, 4.977 / 4.882 / 4.917 staged with 2 / 4 / 8 sequences a block; at 16
+/// sequences 3.465 against 3.417 / 3.457 / 3.718; at 8 sequences 3.005 against 3.037 / 3.070 /
+/// 3.125, hence the registers' kernel below 16. Nsight Compute at base clocks, 64 sequences:
+/// 36.1 µs a layer for the registers' kernel, 32.0 staged with 4 sequences a block (33.3 with 8).
+/// That is 23 MB read at 0.7 TB/s, far under the copy rate, with the state's writes still in L2
+/// when the kernel ends: the phases of a block (A, then the state, then the arithmetic and the
+/// stores) are not overlapped, and more bytes asked at once did not change that much.
+///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's layout),
 /// with the state and A in aligned 16-byte pieces when N >= 4; otherwise the portable path runs.
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
@@ -56,6 +69,12 @@ inline constexpr int state_update_threads = 256;
 inline constexpr int state_update_chunk = 4;
 /// \brief Sequences per thread: each thread updates the same channel and states of this many.
 inline constexpr int state_update_sequences = 2;
+
+/// \brief Sequences from which the state update takes `state_update_staged_kernel` (where it
+/// applies): 2 sequences per block below `state_update_staged_wide_batch`, 4 from there.
+inline constexpr std::size_t state_update_staged_min_batch = 16;
+/// \brief Sequences from which a block of `state_update_staged_kernel` takes 4 of them.
+inline constexpr std::size_t state_update_staged_wide_batch = 48;
 
 /// \brief `V` consecutive floats at `p` (16-byte aligned when V = 4).
 template <int V>
@@ -141,11 +160,109 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
   }
 }
 
+/// \brief Start copying 16 bytes from global to shared memory without holding them in registers
+/// (`cp.async`, Ampere on); `copy_async_wait` waits for this thread's copies.
+/// \param shared the destination, 16-byte aligned. \param global the source, 16-byte aligned.
+__device__ inline void copy_async_16(void* shared, void const* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  auto const to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(global) : "memory");
+#else
+  *static_cast<float4*>(shared) = *static_cast<float4 const*>(global);
+#endif
+}
+
+/// \brief Wait until every `copy_async_16` this thread started has landed in shared memory.
+__device__ inline void copy_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
+#endif
+}
+
+/// \brief The state update of many sequences with the state staged in shared memory: the lanes
+/// of `state_update_kernel` (4 states of one channel each), but a block covers S sequences and
+/// asks for all of their states at once by `cp.async`, so that the bytes in flight are bounded by
+/// shared memory (S x 4 KB per block) rather than by registers. B and C of the block's S
+/// sequences are read once per block into shared memory; dt, x and z go to registers before
+/// the wait. The arithmetic is `state_update_kernel`'s.
+///
+/// Needs N >= 4 (16-byte pieces) and every channel of a block in one group, hence D a multiple of
+/// the block's 256 / (N / 4) channels: every lane has a channel. Grid: (D / (256 / (N / 4)),
+/// ceil(B / S)) blocks of 256 threads. At N = 16, 60 registers for S = 4 (4 blocks per
+/// multiprocessor, 16 KB of state each), 80 for S = 8.
+/// \tparam N states per channel: 4, 8, 16 or 32. \tparam S sequences per block.
+template <int N, int S, class T>
+__global__ void __launch_bounds__(state_update_threads) state_update_staged_kernel(state_update_args<T> const a) {
+  allow_next_kernel();
+  constexpr int V = state_update_chunk;                // states per thread
+  constexpr int P = N / V;                             // lanes per channel
+  constexpr int channels = state_update_threads / P;  // per block
+  __shared__ float4 staged[S][state_update_threads];   // each thread's own states, sequence by sequence
+  __shared__ __align__(16) float bc[2][S][N];          // B, then C, of the block's group
+  int const lane = static_cast<int>(threadIdx.x);
+  int const d = static_cast<int>(blockIdx.x) * channels + lane / P;
+  int const n0 = (lane % P) * V;
+  int const b0 = static_cast<int>(blockIdx.y) * S;
+  int const g = static_cast<int>(blockIdx.x) * channels / a.channels_per_group;
+  float A[V];
+  load_chunk<V>(&a.A(d, n0), A);
+  float const bias = a.dt_bias ? a.dt_bias(d) : 0.0f;
+  float const skip = a.skip ? a.skip(d) : 0.0f;
+  wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
+
+  // Sequences past the batch repeat the last one and are not stored.
+#pragma unroll
+  for (int s = 0; s < S; ++s) copy_async_16(&staged[s][lane], &a.state(min(b0 + s, a.batch - 1), d, n0));
+  for (int i = lane; i < 2 * S * N; i += state_update_threads) {
+    int const which = i / (S * N), s = i / N % S, n = i % N;
+    int const b = min(b0 + s, a.batch - 1);
+    bc[which][s][n] = to_float(which == 0 ? a.B(b, g, n) : a.C(b, g, n));
+  }
+  float dt[S], x[S], gate[S];
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    int const b = min(b0 + s, a.batch - 1);
+    dt[s] = to_float(a.dt(b, d)) + bias;
+    x[s] = to_float(a.x(b, d));
+    gate[s] = a.z ? to_float(a.z(b, d)) : 0.0f;
+  }
+  copy_async_wait();
+  __syncthreads();  // bc was written by other threads
+
+#pragma unroll
+  for (int s = 0; s < S; ++s) {
+    int const b = b0 + s;
+    if (b >= a.batch) break;  // the same for the whole block
+    float h[V], Bv[V], Cv[V];
+    float4 const q = staged[s][lane];
+    h[0] = q.x, h[1] = q.y, h[2] = q.z, h[3] = q.w;
+    load_chunk<V>(&bc[0][s][n0], Bv);
+    load_chunk<V>(&bc[1][s][n0], Cv);
+    float const delta = a.softplus ? fast_softplus(dt[s]) : dt[s];
+    float y = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      h[j] = fast_exp(delta * A[j]) * h[j] + delta * x[s] * Bv[j];
+      y += Cv[j] * h[j];
+    }
+#pragma unroll
+    for (int offset = P / 2; offset > 0; offset /= 2) y += __shfl_xor_sync(0xffffffffu, y, offset);
+    store_chunk<V>(&a.state(b, d, n0), h);
+    if (n0 == 0) {
+      if (a.skip) y += skip * x[s];
+      if (a.z) y *= fast_silu(gate[s]);
+      a.out(b, d) = from_float<T>(y);
+    }
+  }
+}
+
 }  // namespace cuda::detail
 
 /// \brief On `Kokkos::Cuda` the state update runs `cuda::detail::state_update_kernel` when N
 /// divides 32, the state, A, B and C are contiguous along n and (N >= 4) the state's and A's
-/// chunks of 4 states are 16-byte aligned; the portable path otherwise.
+/// chunks of 4 states are 16-byte aligned, `cuda::detail::state_update_staged_kernel` instead from
+/// 16 sequences when N >= 4 and a group's channels are a multiple of a block's; the portable path
+/// otherwise.
 template <>
 struct selective_state_update_backend<Kokkos::Cuda> {
   /// \brief Run one step on `space`'s stream (asynchronous).
@@ -181,6 +298,27 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     a.states = N;
     a.channels_per_group = static_cast<int>(s.channels / s.groups);
     a.softplus = p.dt_softplus;
+    // From 16 sequences, when a block's channels lie in one group: the staged kernel.
+    int const staged_channels = N >= cuda::detail::state_update_chunk
+                                    ? cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk)
+                                    : 0;
+    if (s.batch >= cuda::detail::state_update_staged_min_batch && staged_channels > 0 &&
+        a.channels_per_group % staged_channels == 0) {
+      auto staged = [&](auto states) {
+        constexpr int n = decltype(states)::value;
+        auto go = [&](auto sequences) {
+          constexpr int S = decltype(sequences)::value;
+          dim3 const grid(static_cast<unsigned>(s.channels) / static_cast<unsigned>(staged_channels),
+                          cuda::blocks_for(s.batch, S));
+          cuda::launch(cuda::detail::state_update_staged_kernel<n, S, T>, grid, dim3(cuda::detail::state_update_threads),
+                       0, cuda::stream(space), "ssm::selective_state_update::cuda", a);
+        };
+        if (s.batch >= cuda::detail::state_update_staged_wide_batch) go(std::integral_constant<int, 4>{});
+        else go(std::integral_constant<int, 2>{});
+      };
+      cuda::with_constant<4, 8, 16, 32>(N, staged);
+      return;
+    }
     auto launch = [&](auto states) {
       constexpr int n = decltype(states)::value;
       constexpr int lanes_per_channel = n < cuda::detail::state_update_chunk ? 1 : n / cuda::detail::state_update_chunk;
