@@ -112,6 +112,37 @@ void check_channel(std::uint64_t seed) {
   }
 }
 
+/// Runs of channels (`update_channels_avx2`): channel by channel the bits of `update_channel_avx2`.
+template <class T>
+void check_runs(std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(0.0f, 1.0f);
+  for (int N : {1, 7, 8, 16, 17, 40, 256})
+    for (int count : {1, 3, 4, 5, 16}) {
+      std::size_t const states = static_cast<std::size_t>(N) * static_cast<std::size_t>(count);
+      std::vector<float> h(states), a(states), dt(static_cast<std::size_t>(count)), x(dt.size()), y(dt.size());
+      std::vector<T> b(static_cast<std::size_t>(N)), c(b.size());
+      for (std::size_t i = 0; i < states; ++i) {
+        h[i] = 4.0f * normal(rng);
+        a[i] = -std::exp(3.0f * uniform(rng));
+      }
+      for (std::size_t n = 0; n < b.size(); ++n) b[n] = from_float<T>(normal(rng)), c[n] = from_float<T>(normal(rng));
+      for (std::size_t j = 0; j < dt.size(); ++j) dt[j] = 0.01f + 2.0f * uniform(rng), x[j] = normal(rng);
+      auto one_by_one = h;
+      ssm::detail::update_channels_avx2(h.data(), a.data(), b.data(), c.data(), N, count, dt.data(), x.data(), y.data());
+      for (int j = 0; j < count; ++j) {
+        std::size_t const row = static_cast<std::size_t>(j) * static_cast<std::size_t>(N);
+        float const expected = ssm::detail::update_channel_avx2(one_by_one.data() + row, a.data() + row, b.data(),
+                                                                c.data(), N, dt[static_cast<std::size_t>(j)],
+                                                                x[static_cast<std::size_t>(j)]);
+        INFO("N = " << N << ", " << count << " channels, channel " << j);
+        REQUIRE(y[static_cast<std::size_t>(j)] == expected);
+      }
+      REQUIRE(h == one_by_one);
+    }
+}
+
 }  // namespace
 
 TEST_CASE("host exp8: fast_exp's values, within 2 units of the exact exponential, and its limits", "[math][avx2]") {
@@ -150,6 +181,8 @@ TEST_CASE("host update_channel: the AVX2 path and the portable loop against a st
   check_channel<float>(4);
   check_channel<bf16>(5);
   check_channel<f16>(6);
+  check_runs<float>(7);
+  check_runs<bf16>(8);
 }
 
 TEST_CASE("host dot_row: the AVX2 path and the portable loop against a double-precision sum", "[linear][avx2]") {

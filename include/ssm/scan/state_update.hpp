@@ -177,10 +177,57 @@ inline float update_channel_avx2(float* h, float const* a, T const* b, T const* 
   }
   return y + avx2::sum8(y8);
 }
+
+/// \brief `update_channels` in AVX2 intrinsics: per channel the arithmetic of
+/// `update_channel_avx2`, in two passes over every four channels. The first takes the decays of
+/// their states, exponentials independent of each other that the core overlaps; the second the
+/// updates and the sums. One channel at a time, each exponential's chain of dependent steps (about
+/// 80 cycles) had to finish before its channel's sum could start, and a channel cost about 40
+/// cycles (the 130m shape on one core).
+template <class T>
+inline void update_channels_avx2(float* h, float const* a, T const* b, T const* c, int N, int count, float const* dt,
+                                 float const* x, float* y) {
+  constexpr int together = 4;  // channels whose exponentials are in flight together
+  int const whole = N - N % 8;  // states taken eight at a time; the rest as update_channel_avx2 does
+  float decays[together * max_state_size];
+  for (int j0 = 0; j0 < count; j0 += together) {
+    int const k = count - j0 < together ? count - j0 : together;
+    for (int i = 0; i < k; ++i) {
+      __m256 const dt8 = _mm256_set1_ps(dt[j0 + i]);
+      float const* const a_row = a + static_cast<std::size_t>(j0 + i) * N;
+      for (int n = 0; n < whole; n += 8)
+        _mm256_storeu_ps(decays + i * N + n, avx2::exp8(_mm256_mul_ps(dt8, _mm256_loadu_ps(a_row + n))));
+    }
+    for (int i = 0; i < k; ++i) {
+      int const j = j0 + i;
+      float* const h_row = h + static_cast<std::size_t>(j) * N;
+      float const* const a_row = a + static_cast<std::size_t>(j) * N;
+      float const dt_x = dt[j] * x[j];
+      __m256 const dt_x8 = _mm256_set1_ps(dt_x);
+      __m256 y8 = _mm256_setzero_ps();
+      for (int n = 0; n < whole; n += 8) {
+        __m256 const next = _mm256_fmadd_ps(_mm256_loadu_ps(decays + i * N + n), _mm256_loadu_ps(h_row + n),
+                                            _mm256_mul_ps(dt_x8, avx2::widen8(b + n)));
+        _mm256_storeu_ps(h_row + n, next);
+        y8 = _mm256_fmadd_ps(avx2::widen8(c + n), next, y8);
+      }
+      float tail = 0.0f;
+      for (int n = whole; n < N; ++n) {
+        h_row[n] = fast_exp(dt[j] * a_row[n]) * h_row[n] + dt_x * to_float(b[n]);
+        tail += to_float(c[n]) * h_row[n];
+      }
+      y[j] = tail + avx2::sum8(y8);
+    }
+  }
+}
 #else
 /// \brief Declared only, so that `update_channel` names it in a branch that is never taken here.
 template <class T>
 float update_channel_avx2(float* h, float const* a, T const* b, T const* c, int N, float dt, float x);
+/// \brief Declared only, so that `update_channels` names it in a branch that is never taken here.
+template <class T>
+void update_channels_avx2(float* h, float const* a, T const* b, T const* c, int N, int count, float const* dt,
+                          float const* x, float* y);
 #endif
 
 /// \brief One channel's step on contiguous rows: \f$h_n \leftarrow e^{\Delta a_n} h_n + \Delta x B_n\f$
@@ -204,6 +251,26 @@ KOKKOS_FORCEINLINE_FUNCTION float update_channel(float* h, float const* a, T con
     return update_channel_avx2(h, a, b, c, N, dt, x);
   else
     return update_channel_portable(h, a, b, c, N, dt, x);
+}
+
+/// \brief `update_channel` for `count` consecutive channels of one group: the same values, in an
+/// order that keeps more of the work in flight where the compiler targets AVX2
+/// (`update_channels_avx2`).
+/// \tparam T storage type of B and C.
+/// \param h the channels' (count, N) states, contiguous, updated in place. \param a their (count, N)
+/// rows of A. \param b, c the N values of B and C of their group. \param N the state size, at most
+/// `max_state_size`. \param count the number of channels. \param dt (count) step sizes (after the
+/// bias and the softplus). \param x (count) inputs. \param y (count) out: \f$C^\top h\f$ of each.
+template <class T>
+KOKKOS_FORCEINLINE_FUNCTION void update_channels(float* h, float const* a, T const* b, T const* c, int N, int count,
+                                                 float const* dt, float const* x, float* y) {
+  if constexpr (avx2::available) {
+    update_channels_avx2(h, a, b, c, N, count, dt, x, y);
+  } else {
+    for (int j = 0; j < count; ++j)
+      y[j] = update_channel_portable(h + static_cast<std::size_t>(j) * N, a + static_cast<std::size_t>(j) * N, b, c,
+                                     N, dt[j], x[j]);
+  }
 }
 
 /// \brief The portable Kokkos state update: one work item per (batch, run of channels), with the

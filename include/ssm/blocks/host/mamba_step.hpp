@@ -19,8 +19,9 @@
 ///
 /// The numbers are those of the op-by-op path: every value is rounded to the activation type T
 /// where that path stores it (the normalised input, u and z, the conv output, x_proj's output,
-/// dt, y), and the dot products (`host::dot_row`), the state update (`detail::update_channel`)
-/// and the transcendental functions are the same functions. Only the order of the norm's sum of
+/// dt, y), and the dot products (`host::dot_row`), the state update (`detail::update_channels`,
+/// channel by channel `detail::update_channel`'s values) and the transcendental functions are the
+/// same functions. Only the order of the norm's sum of
 /// squares differs.
 
 #include <cstddef>
@@ -140,11 +141,14 @@ void block_step(ExecSpace const& space, mamba_config const& c, mamba_block_step_
       T const* const z = q.mixer.xz + static_cast<std::size_t>(m) * 2 * D + D + d0;
       for (int j = 0; j < count; ++j) gates[j] = fast_silu(to_float(z[j]));
       T const* const Bm = q.mixer.x_dbl + static_cast<std::size_t>(m) * xw + R;
+      float const* const xs = &xc_f(m * D + d0);
+      float ys[run];
+      ssm::detail::update_channels(q.mixer.ssm_state + (static_cast<std::size_t>(m) * D + d0) * N,
+                                   A + static_cast<std::size_t>(d0) * N, Bm, Bm + N, N, count, dts, xs, ys);
       for (int j = 0; j < count; ++j) {
         int const d = d0 + j;
-        float const x = xc_f(m * D + d);
-        float y = ssm::detail::update_channel(q.mixer.ssm_state + (static_cast<std::size_t>(m) * D + d) * N,
-                                              A + static_cast<std::size_t>(d) * N, Bm, Bm + N, N, dts[j], x);
+        float const x = xs[j];
+        float y = ys[j];
         if (skip != nullptr) y += skip[d] * x;
         y *= gates[j];
         T const out = from_float<T>(y);
