@@ -236,9 +236,9 @@ void update_channels_avx2(float* h, float const* a, T const* b, T const* c, int 
 /// The loop the host decoding paths share (the portable state update and the fused host block
 /// step), so that they round alike. \f$C^\top h\f$ is eight partial sums (state n into sum
 /// n % 8, all but the last N % 8 states) added as a tree, then the rest one by one: eight
-/// independent chains, where one chain of N dependent additions cost about as much as the
-/// exponentials. On raw pointers, the loop vectorizes over n; where the compiler targets AVX2, the
-/// same arithmetic runs as intrinsics (`update_channel_avx2`).
+/// independent chains of additions rather than one of N, and the sum of a vector's lanes at the
+/// end. On raw pointers, the loop vectorizes over n; where the compiler targets AVX2, the same
+/// arithmetic runs as intrinsics (`update_channel_avx2`).
 /// \tparam T storage type of B and C.
 /// \param h the channel's N states, updated in place. \param a its N rows of A.
 /// \param b, c the N values of B and C of its group. \param N the state size.
