@@ -73,7 +73,7 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
   using ssm::test::scan_sizes;
   scan_sizes without_options{2, 19, 3, 16, 1};
   without_options.has_D = without_options.has_z = without_options.has_bias = without_options.softplus = false;
-  // the staged kernel (from 16 sequences, a group's channels a multiple of a block's 256 / (N / 4))
+  // the staged kernel (from 8 sequences, a group's channels a multiple of a block's 256 / (N / 4))
   // without the options
   scan_sizes staged_without_options{16, 128, 2, 16, 1};
   staged_without_options.has_D = staged_without_options.has_z = staged_without_options.has_bias =
@@ -84,13 +84,15 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
                                  // 1 (N = 2, 4) to 8 (N = 32), channels past the last block's end, groups
                                  scan_sizes{5, 70, 2, 8, 2}, scan_sizes{3, 33, 2, 32, 1}, scan_sizes{3, 65, 2, 4, 5},
                                  scan_sizes{1, 9, 2, 2, 3},
-                                 // the staged kernel, from B = 16 where a block's channels (64 at N = 16)
+                                 // the staged kernel, from B = 8 where a block's channels (64 at N = 16)
                                  // divide a group's: 2 sequences a block (odd B: the last block's second
-                                 // past the end), 4 from B = 48 (B = 49: 3 past the end), N = 4 to 32,
-                                 // two groups; then D = 96 at N = 16, where it does not apply
-                                 scan_sizes{21, 128, 3, 16, 2}, scan_sizes{49, 64, 2, 16, 1}, scan_sizes{17, 256, 2, 4, 1},
-                                 scan_sizes{16, 128, 2, 8, 1}, scan_sizes{51, 64, 2, 32, 1}, staged_without_options,
-                                 scan_sizes{16, 96, 2, 16, 1}}) {
+                                 // past the end), 8 from B = 48 (B = 49: 7 past the end; 4 at N = 4 and
+                                 // 8, B = 50 and 53), N = 4 to 32, two groups; then D = 96 at N = 16 and
+                                 // B = 7, where it does not apply
+                                 scan_sizes{9, 128, 2, 16, 1}, scan_sizes{21, 128, 3, 16, 2}, scan_sizes{49, 64, 2, 16, 1},
+                                 scan_sizes{17, 256, 2, 4, 1}, scan_sizes{16, 128, 2, 8, 1}, scan_sizes{51, 64, 2, 32, 1},
+                                 scan_sizes{50, 256, 2, 4, 1}, scan_sizes{53, 128, 2, 8, 1}, staged_without_options,
+                                 scan_sizes{16, 96, 2, 16, 1}, scan_sizes{7, 128, 2, 16, 1}}) {
     INFO(sizes.name());
     ssm::test::scan_case<T> steps(sizes, 21);  // its u, delta, z, B, C are (B, D, L) / (B, G, N, L)
     auto const all = Kokkos::ALL;

@@ -10,8 +10,9 @@
 /// (4 at N = 16) and each thread has two 16-byte loads of state in flight: every load of the
 /// state and of A is a float4, issued before any arithmetic. Each lane computes its channel's dt
 /// (softplus included) itself, updates its 4 states, and the channel's N / 4 lanes sum C·h by
-/// shuffles; the first of them adds D·x and the gate. The arithmetic is the portable path's; only
-/// the order of the N-term sum differs.
+/// shuffles; the first of them adds D·x and the gate. The exponentials are the selective scan's
+/// (`exp2_approx`, `softplus_fast`, `silu_fast`) rather than the portable path's: 2.981 → 2.884 ms
+/// per step at 8 sequences (2.8B model, H200, same run), before the staged kernel took 8.
 ///
 /// History on an H200, 2.8B model at 64 sequences: the portable path (a thread per channel,
 /// strided loads) took 68 µs per layer; a warp per 32 channels, lanes over the 16 states of two
@@ -20,13 +21,13 @@
 /// N lanes per channel with 64-bit index arithmetic per lane; passes that each waited for their
 /// own loads; B and C in registers too (123 registers, 25% occupancy).
 ///
-/// From 16 sequences, `state_update_staged_kernel` runs the same lanes with the state staged in
-/// shared memory: a block asks for the states of 2 sequences (4 from 48 sequences) by `cp.async`,
+/// From 8 sequences, `state_update_staged_kernel` runs the same lanes with the state staged in
+/// shared memory: a block asks for the states of 2 sequences (8 from 48 sequences) by `cp.async`,
 /// which hold no registers while in flight, and reads B and C once per block. Decoding the 2.8B
 /// model on an H200, ms per step, every variant in one run: at 64 sequences 4.996 with the
 /// registers' kernel, 4.977 / 4.882 / 4.917 staged with 2 / 4 / 8 sequences a block; at 16
 /// sequences 3.465 against 3.417 / 3.457 / 3.718; at 8 sequences 3.005 against 3.037 / 3.070 /
-/// 3.125, hence the registers' kernel below 16. Nsight Compute at base clocks, 64 sequences:
+/// 3.125, hence the registers' kernel below 16 then. Nsight Compute at base clocks, 64 sequences:
 /// 36.1 µs a layer for the registers' kernel, 32.0 staged with 4 sequences a block (33.3 with 8),
 /// and the staged kernel was bound by issuing instructions (70% of the SM's throughput, 0.77
 /// instructions per cycle per scheduler, DRAM 16%): `fast_exp` and `fast_softplus`, the portable
@@ -34,6 +35,16 @@
 /// special-function instruction) and `softplus_fast` instead, 48 registers rather than 60, it takes
 /// 19.3 µs a layer, and a step 4.907 → 4.286 ms at 64 sequences, 3.355 → 3.202 at 16 (same run).
 /// The staged kernel's arithmetic is therefore the prefill scan's, not the portable path's.
+///
+/// Then what belongs to a channel and a sequence (delta with its softplus, delta x, D x,
+/// silu(z)) went to shared memory, computed once by one thread instead of by each of the channel's
+/// N / 4 lanes, and the copies to a group per sequence, a thread updating each sequence as soon
+/// as its own states have landed: 32 registers at S = 4, 48 at S = 8. Nsight Compute at base
+/// clocks, 64 sequences: 19.2 µs a layer before, 16.4 with 4 sequences a block, 15.7 with 8
+/// (8.9 → 5.7 M instructions; issue slots still 56% busy, DRAM 31%); a step 4.287 → 4.231 / 4.211
+/// ms at 64 sequences, 3.205 → 3.170 at 16 (3.182 with 4 sequences a block there), and at 8
+/// sequences 2.884 with the registers' kernel against 2.845 staged with 2 a block (same run):
+/// hence 8 sequences a block from 48 sequences and the staged kernel from 8.
 ///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's layout),
 /// with the state and A in aligned 16-byte pieces when N >= 4; otherwise the portable path runs.
@@ -75,9 +86,10 @@ inline constexpr int state_update_chunk = 4;
 inline constexpr int state_update_sequences = 2;
 
 /// \brief Sequences from which the state update takes `state_update_staged_kernel` (where it
-/// applies): 2 sequences per block below `state_update_staged_wide_batch`, 4 from there.
-inline constexpr std::size_t state_update_staged_min_batch = 16;
-/// \brief Sequences from which a block of `state_update_staged_kernel` takes 4 of them.
+/// applies): 2 sequences per block below `state_update_staged_wide_batch`, 8 from there (4 at
+/// N = 4 and 8, see `state_update_staged_sequences`).
+inline constexpr std::size_t state_update_staged_min_batch = 8;
+/// \brief Sequences from which a block of `state_update_staged_kernel` takes 8 of them.
 inline constexpr std::size_t state_update_staged_wide_batch = 48;
 
 /// \brief `V` consecutive floats at `p` (16-byte aligned when V = 4).
@@ -122,8 +134,10 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
   int const n0 = (t % P) * V;
   int const g = d / a.channels_per_group;
   // the weights first: nothing before this kernel writes them
-  float A[V];
-  load_chunk<V>(&a.A(d, n0), A);
+  float A2[V];  // A log2(e): exp(delta A) = 2^(delta A2)
+  load_chunk<V>(&a.A(d, n0), A2);
+#pragma unroll
+  for (int j = 0; j < V; ++j) A2[j] *= 1.44269504088896341f;
   float const bias = a.dt_bias ? a.dt_bias(d) : 0.0f;
   float const skip = a.skip ? a.skip(d) : 0.0f;
   wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
@@ -145,11 +159,11 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
 #pragma unroll
   for (int s = 0; s < S; ++s) {
     int const b = static_cast<int>(blockIdx.y) * S + s;
-    float const delta = a.softplus ? fast_softplus(dt[s]) : dt[s];
+    float const delta = a.softplus ? softplus_fast(dt[s]) : dt[s];
     float y = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      h[s][j] = fast_exp(delta * A[j]) * h[s][j] + delta * x[s] * Bv[s][j];
+      h[s][j] = exp2_approx(delta * A2[j]) * h[s][j] + delta * x[s] * Bv[s][j];
       y += Cv[s][j] * h[s][j];
     }
 #pragma unroll
@@ -158,14 +172,15 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
     store_chunk<V>(&a.state(b, d, n0), h[s]);
     if (n0 == 0) {
       if (a.skip) y += skip * x[s];
-      if (a.z) y *= fast_silu(to_float(a.z(b, d)));
+      if (a.z) y *= silu_fast(to_float(a.z(b, d)));
       a.out(b, d) = from_float<T>(y);
     }
   }
 }
 
 /// \brief Start copying 16 bytes from global to shared memory without holding them in registers
-/// (`cp.async`, Ampere on); `copy_async_wait` waits for this thread's copies.
+/// (`cp.async`, Ampere on); `copy_async_commit` closes a group of them and
+/// `copy_async_wait_pending` waits for groups.
 /// \param shared the destination, 16-byte aligned. \param global the source, 16-byte aligned.
 __device__ inline void copy_async_16(void* shared, void const* global) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -176,25 +191,59 @@ __device__ inline void copy_async_16(void* shared, void const* global) {
 #endif
 }
 
-/// \brief Wait until every `copy_async_16` this thread started has landed in shared memory.
-__device__ inline void copy_async_wait() {
+/// \brief Close the group of this thread's `copy_async_16` started since the last group (an empty
+/// group when none was).
+__device__ inline void copy_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
+  asm volatile("cp.async.commit_group;" ::: "memory");
 #endif
+}
+
+/// \brief Wait until at most `pending` (0 to 7) of this thread's latest groups of `copy_async_16`
+/// are still in flight: every older group has landed in shared memory. `cp.async.wait_group` takes
+/// a constant: `pending` must be one after unrolling, so that the switch folds away.
+__device__ __forceinline__ void copy_async_wait_pending(int pending) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+#else
+  (void)pending;
+#endif
+}
+
+/// \brief Sequences per block of `state_update_staged_kernel` at N states, `wanted` where the
+/// block's static shared memory (the staged state, 4 KB a sequence, and a float4 per channel and
+/// sequence) stays within 48 KB, fewer otherwise.
+template <int N>
+constexpr int state_update_staged_sequences(int wanted) {
+  int const channels = state_update_threads / (N / state_update_chunk);
+  int const bytes_per_sequence = state_update_threads * 16 + channels * 16 + 2 * N * 4;
+  int s = wanted;
+  while (s > 1 && s * bytes_per_sequence > 48 * 1024) s /= 2;
+  return s;
 }
 
 /// \brief The state update of many sequences with the state staged in shared memory: the lanes
 /// of `state_update_kernel` (4 states of one channel each), but a block covers S sequences and
-/// asks for all of their states at once by `cp.async`, so that the bytes in flight are bounded by
-/// shared memory (S x 4 KB per block) rather than by registers. B and C of the block's S
-/// sequences are read once per block into shared memory; dt, x and z go to registers before
-/// the wait. The exponentials are the selective scan's (`exp2_approx`, `softplus_fast`).
+/// asks for all of their states at once by `cp.async`, a group per sequence, so that the bytes in
+/// flight are bounded by shared memory (S x 4 KB per block) rather than by registers, and a thread
+/// updates a sequence's states as soon as they have landed. What belongs to a channel and a
+/// sequence is computed once per block, a thread per (sequence, channel), into shared memory:
+/// delta (softplus included), delta x, D x and silu(z); B and C of the block's S sequences are
+/// read once per block too. The exponentials are the selective scan's (`exp2_approx`,
+/// `softplus_fast`, `silu_fast`).
 ///
 /// Needs N >= 4 (16-byte pieces) and every channel of a block in one group, hence D a multiple of
 /// the block's 256 / (N / 4) channels: every lane has a channel. Grid: (D / (256 / (N / 4)),
-/// ceil(B / S)) blocks of 256 threads. At N = 16, 60 registers for S = 4 (4 blocks per
-/// multiprocessor, 16 KB of state each), 80 for S = 8, before the exponentials became the scan's;
-/// 48 for S = 4 now (5 blocks).
+/// ceil(B / S)) blocks of 256 threads.
 /// \tparam N states per channel: 4, 8, 16 or 32. \tparam S sequences per block.
 template <int N, int S, class T>
 __global__ void __launch_bounds__(state_update_threads) state_update_staged_kernel(state_update_args<T> const a) {
@@ -204,62 +253,63 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
   constexpr int channels = state_update_threads / P;  // per block
   __shared__ float4 staged[S][state_update_threads];   // each thread's own states, sequence by sequence
   __shared__ __align__(16) float bc[2][S][N];          // B, then C, of the block's group
+  __shared__ float4 per_channel[S][channels];          // delta, delta x, D x, silu(z)
   int const lane = static_cast<int>(threadIdx.x);
-  int const d = static_cast<int>(blockIdx.x) * channels + lane / P;
+  int const c0 = static_cast<int>(blockIdx.x) * channels;  // the block's first channel
+  int const d = c0 + lane / P;
   int const n0 = (lane % P) * V;
   int const b0 = static_cast<int>(blockIdx.y) * S;
-  int const g = static_cast<int>(blockIdx.x) * channels / a.channels_per_group;
+  int const g = c0 / a.channels_per_group;
   float A2[V];  // A log2(e): exp(delta A) = 2^(delta A2)
   load_chunk<V>(&a.A(d, n0), A2);
 #pragma unroll
   for (int j = 0; j < V; ++j) A2[j] *= 1.44269504088896341f;
-  float const bias = a.dt_bias ? a.dt_bias(d) : 0.0f;
-  float const skip = a.skip ? a.skip(d) : 0.0f;
   wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
 
-  // Sequences past the batch repeat the last one and are not stored.
+  // A group of copies per sequence; none past the batch (the same for the whole block), so that
+  // nothing is in flight when the block ends.
 #pragma unroll
-  for (int s = 0; s < S; ++s) copy_async_16(&staged[s][lane], &a.state(min(b0 + s, a.batch - 1), d, n0));
+  for (int s = 0; s < S; ++s) {
+    if (b0 + s < a.batch) copy_async_16(&staged[s][lane], &a.state(b0 + s, d, n0));
+    copy_async_commit();
+  }
   for (int i = lane; i < 2 * S * N; i += state_update_threads) {
     int const which = i / (S * N), s = i / N % S, n = i % N;
     int const b = min(b0 + s, a.batch - 1);
     bc[which][s][n] = to_float(which == 0 ? a.B(b, g, n) : a.C(b, g, n));
   }
-  float dt[S], x[S], gate[S];
-#pragma unroll
-  for (int s = 0; s < S; ++s) {
+  for (int i = lane; i < S * channels; i += state_update_threads) {
+    int const s = i / channels, c = c0 + i % channels;
     int const b = min(b0 + s, a.batch - 1);
-    dt[s] = to_float(a.dt(b, d)) + bias;
-    x[s] = to_float(a.x(b, d));
-    gate[s] = a.z ? to_float(a.z(b, d)) : 0.0f;
+    float const dt = to_float(a.dt(b, c)) + (a.dt_bias ? a.dt_bias(c) : 0.0f);
+    float const delta = a.softplus ? softplus_fast(dt) : dt;
+    float const x = to_float(a.x(b, c));
+    per_channel[s][i % channels] =
+        make_float4(delta, delta * x, a.skip ? a.skip(c) * x : 0.0f, a.z ? silu_fast(to_float(a.z(b, c))) : 1.0f);
   }
-  copy_async_wait();
-  __syncthreads();  // bc was written by other threads
+  __syncthreads();  // bc and per_channel were written by other threads
 
 #pragma unroll
   for (int s = 0; s < S; ++s) {
     int const b = b0 + s;
     if (b >= a.batch) break;  // the same for the whole block
+    copy_async_wait_pending(S - 1 - s);  // this sequence's states have landed
     float h[V], Bv[V], Cv[V];
     float4 const q = staged[s][lane];
     h[0] = q.x, h[1] = q.y, h[2] = q.z, h[3] = q.w;
     load_chunk<V>(&bc[0][s][n0], Bv);
     load_chunk<V>(&bc[1][s][n0], Cv);
-    float const delta = a.softplus ? softplus_fast(dt[s]) : dt[s];
+    float4 const k = per_channel[s][lane / P];
     float y = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      h[j] = exp2_approx(delta * A2[j]) * h[j] + delta * x[s] * Bv[j];
+      h[j] = exp2_approx(k.x * A2[j]) * h[j] + k.y * Bv[j];
       y += Cv[j] * h[j];
     }
 #pragma unroll
     for (int offset = P / 2; offset > 0; offset /= 2) y += __shfl_xor_sync(0xffffffffu, y, offset);
     store_chunk<V>(&a.state(b, d, n0), h);
-    if (n0 == 0) {
-      if (a.skip) y += skip * x[s];
-      if (a.z) y *= fast_silu(gate[s]);
-      a.out(b, d) = from_float<T>(y);
-    }
+    if (n0 == 0) a.out(b, d) = from_float<T>((y + k.z) * k.w);
   }
 }
 
@@ -268,7 +318,7 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
 /// \brief On `Kokkos::Cuda` the state update runs `cuda::detail::state_update_kernel` when N
 /// divides 32, the state, A, B and C are contiguous along n and (N >= 4) the state's and A's
 /// chunks of 4 states are 16-byte aligned, `cuda::detail::state_update_staged_kernel` instead from
-/// 16 sequences when N >= 4 and a group's channels are a multiple of a block's; the portable path
+/// 8 sequences when N >= 4 and a group's channels are a multiple of a block's; the portable path
 /// otherwise.
 template <>
 struct selective_state_update_backend<Kokkos::Cuda> {
@@ -305,7 +355,7 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     a.states = N;
     a.channels_per_group = static_cast<int>(s.channels / s.groups);
     a.softplus = p.dt_softplus;
-    // From 16 sequences, when a block's channels lie in one group: the staged kernel.
+    // From 8 sequences, when a block's channels lie in one group: the staged kernel.
     int const staged_channels = N >= cuda::detail::state_update_chunk
                                     ? cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk)
                                     : 0;
@@ -320,7 +370,8 @@ struct selective_state_update_backend<Kokkos::Cuda> {
           cuda::launch(cuda::detail::state_update_staged_kernel<n, S, T>, grid, dim3(cuda::detail::state_update_threads),
                        0, cuda::stream(space), "ssm::selective_state_update::cuda", a);
         };
-        if (s.batch >= cuda::detail::state_update_staged_wide_batch) go(std::integral_constant<int, 4>{});
+        if (s.batch >= cuda::detail::state_update_staged_wide_batch)
+          go(std::integral_constant<int, cuda::detail::state_update_staged_sequences<n>(8)>{});
         else go(std::integral_constant<int, 2>{});
       };
       cuda::with_constant<4, 8, 16, 32>(N, staged);
