@@ -8,7 +8,8 @@
 // Then each layer as a decoding step sees it: a CUDA graph of back-to-back launches, each on its
 // own copy of the weights (together several times the L2), timed per launch; for one row, the
 // kernel's variants too with `--variants` (outputs per warp, loads per batch, warps per output),
-// so that its choices can be checked on the GPU at hand.
+// so that its choices can be checked on the GPU at hand; for x_proj also 16 and 64 rows through
+// the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -112,7 +113,7 @@ int main(int argc, char** argv) {
         ws.emplace_back("w", N, K);
         fill(ws.back());
       }
-      view2 x("x", 8, K), y("y", 8, N);
+      view2 x("x", 64, K), y("y", 64, N);
       fill(x);
       auto report = [&](int M, char const* kernel, std::function<void(view2 const&)> const& one) {
         double const us = 1e3 * graph_ms(s, [&] {
@@ -130,6 +131,16 @@ int main(int argc, char** argv) {
                                                y.data(), N);
         });
       }
+      if (N <= ssm::cuda::narrow_max_outputs)
+        for (int M : {16, 64}) {
+          report(M, "ssm narrow_gemm", [&](view2 const& w) {
+            ssm::cuda::narrow_gemm<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
+          });
+          report(M, "cuBLASLt", [&](view2 const& w) {
+            ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr,
+                                                 y.data(), N);
+          });
+        }
       if (!variants) continue;
       for (int rows : {1, 2, 4})
         for (int depth : {2, 4, 8})

@@ -1,8 +1,9 @@
 /// \file
 /// \brief `ssm::linear` on the GPU: cuBLASLt (same storage type for activations and weights,
-/// contiguous rows) and the portable Kokkos kernel (mixed types, strided rows) against the host
-/// reference triple loop, over storage types, decode-sized and prefill-sized shapes, odd sizes,
-/// pitched rows and unaligned slices.
+/// contiguous rows), the few-outputs kernel `narrow_gemm` (many rows, a long K, 16-bit types) and
+/// the portable Kokkos kernel (mixed types, strided rows) against the host reference triple loop,
+/// over storage types, decode-sized and prefill-sized shapes, odd sizes, pitched rows and
+/// unaligned slices.
 
 #include "catch.hpp"
 
@@ -70,6 +71,16 @@ void sweep() {
   compare<T, Wt>(512, 256, 384, true);  // a prefill-sized product, through the tensor cores
   for (std::size_t M : {1, 3}) compare<T, Wt>(M, 64, 8195, true);  // two outputs per warp, N odd
   compare<T, Wt>(1, 1, 1, true);
+  // Few outputs, a long K, 9 to 128 rows: `narrow_gemm` when T == Wt is bf16 or f16. Odd row
+  // counts, one tile of 16 rows and several of 32, outputs and K not whole tiles, pitched rows;
+  // then just past each of its limits (cuBLASLt).
+  for (std::size_t M : {9, 16, 17, 64, 127}) compare<T, Wt>(M, 1000, 40, M % 2 == 1);
+  compare<T, Wt>(33, 1000, 40, true, 8, 0);
+  compare<T, Wt>(64, 5120, 192, false);  // x_proj of 64 sequences at the 2.8B shape
+  compare<T, Wt>(128, 256, 8, true);
+  compare<T, Wt>(129, 1000, 40, true);
+  compare<T, Wt>(64, 1004, 40, true);
+  compare<T, Wt>(64, 1000, 251, true);
 }
 
 }  // namespace
@@ -79,4 +90,25 @@ TEST_CASE("linear on the GPU matches the reference in bf16", "[cuda][linear]") {
 TEST_CASE("linear on the GPU matches the reference in fp16", "[cuda][linear]") { sweep<ssm::f16, ssm::f16>(); }
 TEST_CASE("linear on the GPU with fp32 activations over bf16 weights", "[cuda][linear]") {
   sweep<float, ssm::bf16>();
+}
+
+TEST_CASE("products of few outputs, a long K and 9 to 128 rows take narrow_gemm", "[cuda][linear]") {
+  using T = ssm::bf16;
+  gpu::dev2<T> x("x", 129, 1008), w("w", 300, 1008);
+  auto applies = [&](std::size_t M, std::size_t N, std::size_t K, std::size_t offset = 0) {
+    return ssm::cuda::narrow_applies<T>(M, N, K, x.data() + offset, 1008, w.data(), 1008);
+  };
+  CHECK(applies(9, 40, 1000));
+  CHECK(applies(128, 40, 1000));
+  CHECK(applies(64, 250, 1000));
+  CHECK(applies(128, 8, 256));
+  CHECK_FALSE(applies(8, 40, 1000));   // the matrix-vector kernel's
+  CHECK_FALSE(applies(129, 40, 1000));
+  CHECK_FALSE(applies(64, 257, 1008));
+  CHECK_FALSE(applies(64, 251, 1000));  // K shorter than 4 N
+  CHECK_FALSE(applies(64, 40, 1004));   // not whole 16-byte pieces
+  CHECK_FALSE(applies(64, 40, 1000, 3));  // misaligned
+  STATIC_REQUIRE(ssm::cuda::narrow_types<ssm::f16, ssm::f16>);
+  STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, float>);
+  STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, ssm::bf16>);
 }

@@ -10,7 +10,8 @@
 /// heuristic chose) is made once per shape, leading dimensions, pointer alignment and type, and
 /// reused: decoding calls the same few shapes thousands of times, and a CUDA graph can capture the
 /// calls. cuBLASLt needs activations and weights of one type and contiguous rows; few rows of
-/// mixed types go to the GEMV, and what neither takes to the portable Kokkos kernel.
+/// mixed types go to the GEMV, and what neither takes to the portable Kokkos kernel. Many rows of
+/// a product with few outputs and a long K go to `narrow_gemm` (`narrow.cuh`).
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -27,6 +28,7 @@
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
+#include <ssm/linear/cuda/narrow.cuh>
 
 namespace ssm::cuda {
 
@@ -175,8 +177,9 @@ namespace ssm {
 
 /// \brief Linear layers on `Kokkos::Cuda`: the weight-streaming matrix-vector kernel
 /// (`ssm/linear/cuda/gemv.cuh`) for one row, or up to 8 rows of a matrix of at most 1024 outputs;
-/// otherwise cuBLASLt where the activations and weights share a storage type and rows are
-/// contiguous; the portable Kokkos kernel for the rest.
+/// 9 to 128 rows of a product with few outputs and a long K (x_proj) on `narrow_gemm`
+/// (`ssm/linear/cuda/narrow.cuh`); otherwise cuBLASLt where the activations and weights share a
+/// storage type and rows are contiguous; the portable Kokkos kernel for the rest.
 template <>
 struct linear_backend<Kokkos::Cuda> {
   /// \brief Run \f$y = x W^\top + b\f$ on `space`'s stream (asynchronous).
@@ -205,6 +208,18 @@ struct linear_backend<Kokkos::Cuda> {
                              pitch(p.weight, p.weight.extent(1)))) {
         cuda::gemv(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
                    pitch(p.weight, p.weight.extent(1)), bias, p.y.data(), pitch(p.y, p.y.extent(1)));
+        return;
+      }
+    }
+    if constexpr (cuda::narrow_types<T, Wt>) {
+      // x_proj of many sequences (few outputs, long K): cuBLASLt's split-K and its reduction took
+      // 11.8 µs at 64 rows in the step (2.8B, H200); one launch instead made the step 2% faster at
+      // 64 sequences, 1% at 16 (see `narrow.cuh`).
+      if (rows_contiguous && cuda::narrow_applies(p.x.extent(0), p.weight.extent(0), p.x.extent(1), p.x.data(),
+                                                  pitch(p.x, p.x.extent(1)), p.weight.data(),
+                                                  pitch(p.weight, p.weight.extent(1)))) {
+        cuda::narrow_gemm(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
+                          pitch(p.weight, p.weight.extent(1)), bias, p.y.data(), pitch(p.y, p.y.extent(1)));
         return;
       }
     }
