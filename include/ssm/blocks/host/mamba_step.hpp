@@ -21,8 +21,7 @@
 /// where that path stores it (the normalised input, u and z, the conv output, x_proj's output,
 /// dt, y), and the dot products (`host::dot_row`), the state update (`detail::update_channels`,
 /// channel by channel `detail::update_channel`'s values) and the transcendental functions are the
-/// same functions. Only the order of the norm's sum of
-/// squares differs.
+/// same functions. Only the order of the norm's sum of squares differs.
 
 #include <cstddef>
 #include <type_traits>
