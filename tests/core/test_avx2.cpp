@@ -112,7 +112,8 @@ void check_channel(std::uint64_t seed) {
   }
 }
 
-/// Runs of channels (`update_channels_avx2`): channel by channel the bits of `update_channel_avx2`.
+/// Runs of channels (`update_channels_avx2`): channel by channel the bits of one channel at a time
+/// (`update_channel_avx2`), so that taking four channels together mixes nothing between them.
 template <class T>
 void check_runs(std::uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -153,42 +153,17 @@ KOKKOS_FORCEINLINE_FUNCTION float update_channel_portable(float* h, float const*
 }
 
 #ifdef SSM_HOST_AVX2
-/// \brief `update_channel` in AVX2 intrinsics: the portable loop's arithmetic, eight states at a
-/// time, with the same bits where the compiler fuses the portable loop's multiply-adds (as GCC
-/// does at -O3 with FMA). GCC 12 vectorizes the portable loop too, but rebuilds the exponential's
-/// constants for every channel and checks its range with integer masks; this takes about half
-/// the instructions.
-template <class T>
-inline float update_channel_avx2(float* h, float const* a, T const* b, T const* c, int N, float dt, float x) {
-  __m256 const dt8 = _mm256_set1_ps(dt), dt_x8 = _mm256_set1_ps(dt * x);
-  __m256 y8 = _mm256_setzero_ps();
-  int n = 0;
-  for (; n + 8 <= N; n += 8) {
-    __m256 const decay = avx2::exp8(_mm256_mul_ps(dt8, _mm256_loadu_ps(a + n)));
-    __m256 const next = _mm256_fmadd_ps(decay, _mm256_loadu_ps(h + n), _mm256_mul_ps(dt_x8, avx2::widen8(b + n)));
-    _mm256_storeu_ps(h + n, next);
-    y8 = _mm256_fmadd_ps(avx2::widen8(c + n), next, y8);
-  }
-  float const dt_x = dt * x;
-  float y = 0.0f;
-  for (; n < N; ++n) {
-    h[n] = fast_exp(dt * a[n]) * h[n] + dt_x * to_float(b[n]);
-    y += to_float(c[n]) * h[n];
-  }
-  return y + avx2::sum8(y8);
-}
-
-/// \brief `update_channels` in AVX2 intrinsics: per channel the arithmetic of
-/// `update_channel_avx2`, in two passes over every four channels. The first takes the decays of
-/// their states, exponentials independent of each other that the core overlaps; the second the
-/// updates and the sums. One channel at a time, each exponential's chain of dependent steps (about
+/// \brief `update_channels` in AVX2 intrinsics: per channel, eight states at a time, the portable
+/// loop's arithmetic, in two passes over every four channels. The first takes the decays of their
+/// states, exponentials independent of each other that the core overlaps; the second the updates
+/// and the sums. One channel at a time, each exponential's chain of dependent steps (about
 /// 80 cycles) had to finish before its channel's sum could start, and a channel cost about 40
 /// cycles (the 130m shape on one core).
 template <class T>
 inline void update_channels_avx2(float* h, float const* a, T const* b, T const* c, int N, int count, float const* dt,
                                  float const* x, float* y) {
   constexpr int together = 4;  // channels whose exponentials are in flight together
-  int const whole = N - N % 8;  // states taken eight at a time; the rest as update_channel_avx2 does
+  int const whole = N - N % 8;  // states taken eight at a time; the rest one by one
   float decays[together * max_state_size];
   for (int j0 = 0; j0 < count; j0 += together) {
     int const k = count - j0 < together ? count - j0 : together;
@@ -219,6 +194,18 @@ inline void update_channels_avx2(float* h, float const* a, T const* b, T const* 
       y[j] = tail + avx2::sum8(y8);
     }
   }
+}
+
+/// \brief `update_channel` in AVX2 intrinsics: `update_channels_avx2` for one channel, the
+/// portable loop's arithmetic eight states at a time, with the same bits where the compiler fuses
+/// the portable loop's multiply-adds (as GCC does at -O3 with FMA). GCC 12 vectorizes the portable
+/// loop too, but rebuilds the exponential's constants for every channel and checks its range with
+/// integer masks; this takes about half the instructions.
+template <class T>
+inline float update_channel_avx2(float* h, float const* a, T const* b, T const* c, int N, float dt, float x) {
+  float y = 0.0f;
+  update_channels_avx2(h, a, b, c, N, 1, &dt, &x, &y);
+  return y;
 }
 #else
 /// \brief Declared only, so that `update_channel` names it in a branch that is never taken here.
