@@ -9,7 +9,8 @@
 // own copy of the weights (together several times the L2), timed per launch; for one row, the
 // kernel's variants too with `--variants` (outputs per warp, loads per batch, warps per output),
 // so that its choices can be checked on the GPU at hand; for x_proj also 16 and 64 rows through
-// the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt.
+// the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt, with
+// `--variants` at other tiles, slices in flight and cluster sizes too.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -139,6 +140,21 @@ int main(int argc, char** argv) {
           report(M, "cuBLASLt", [&](view2 const& w) {
             ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr,
                                                  y.data(), N);
+          });
+          if (!variants) continue;
+          auto variant = [&](auto mt, auto depth) {
+            constexpr int MT = decltype(mt)::value, Depth = decltype(depth)::value;
+            for (int cluster : {4, 8, 16}) {
+              char label[96];
+              std::snprintf(label, sizeof label, "narrow rows %d depth %d cluster %d", 16 * MT, Depth, cluster);
+              report(M, label, [&](view2 const& w) {
+                ssm::cuda::detail::narrow_gemm_with<MT, Depth, T>(ssm::cuda::stream(s), cluster, M, N, K, x.data(), K,
+                                                                  w.data(), K, nullptr, y.data(), N);
+              });
+            }
+          };
+          ssm::cuda::for_each_constant<1, 2>([&](auto mt) {
+            ssm::cuda::for_each_constant<2, 3, 4>([&](auto depth) { variant(mt, depth); });
           });
         }
       if (!variants) continue;

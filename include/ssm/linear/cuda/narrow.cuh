@@ -6,19 +6,27 @@
 /// Such a product is too short for cuBLASLt's tiles: with split-K it takes a second launch to add
 /// the slices, and the pair ran far below the copy rate (2.8B x_proj at 64 rows on an H200, in
 /// Nsight Compute: 8.3 µs plus 3.5 µs for 2.6 MB). Here a cluster of blocks shares one tile of
-/// (16 or 32 rows) x 32 outputs: each warp of the cluster takes 32-wide slices of K, interleaved,
-/// and multiplies them on the tensor cores (`mma.sync` m16n8k16, fp32 sums) straight from 16-byte
-/// loads; the warps of a block add their sums in order through shared memory, and the blocks of
-/// the cluster theirs in order through distributed shared memory, each block finishing a share of
-/// the tile. One launch, no workspace, the same sums on every run, rounded once to the storage
-/// type.
+/// 16 rows x 32 outputs: each warp of the cluster takes 32-wide slices of K, interleaved, with 4
+/// of them in flight, and multiplies them on the tensor cores (`mma.sync` m16n8k16, fp32 sums)
+/// straight from 16-byte loads; the warps of a block add their sums in order through shared
+/// memory, and the blocks of the cluster theirs in order through distributed shared memory, each
+/// block finishing a share of the tile. One launch, no workspace, the same sums on every run,
+/// rounded once to the storage type.
 ///
 /// Measured on an H200 (2.8B, bf16, x_proj 192 x 5120): the decoding step went from 4.21 to 4.13
 /// ms at 64 sequences and from 3.174 to 3.136 at 16 (1 and 8 sequences keep the matrix-vector
 /// kernel). Alone in a CUDA graph of back-to-back launches (`bench_cuda_linear`) it takes 5.7 µs
 /// at 16 rows (cuBLASLt 6.8) and 8.4 at 64 (cuBLASLt 7.0, one launch there without the step's
 /// neighbours): still far from the copy rate, with 96 blocks (12 tiles of 32 x 32, clusters of
-/// 8) and two or three 32-wide slices per warp, each a round trip to memory.
+/// 8) and two or three 32-wide slices per warp, two in flight, each a round trip to memory.
+///
+/// Then a sweep of tiles (16 or 32 rows), slices in flight per warp (2, 3 or 4) and cluster sizes
+/// (4, 8 or 16) in one run of `bench_cuda_linear --variants`: 4 slices in flight and tiles of 16
+/// rows took 4.09 µs at 16 rows (clusters of 8; 6.42 with 2 in flight) and 5.12 at 64 (clusters
+/// of 4; 7.09 before, cuBLASLt 7.11). At 154 registers one block of this kernel fits an SM, and
+/// clusters of 8 at 64 rows (192 blocks) took 8.33 µs: the grid must be resident at once, hence
+/// the cluster size from the occupancy (`narrow_cluster_for`). Clusters of 16 were never the
+/// fastest.
 ///
 /// A lane's 16-byte piece of a row holds 8 consecutive values of K; the fragments of the two
 /// products of a 32-wide slice take its words 0-1 and 2-3. That visits K in another order than
@@ -75,10 +83,11 @@ __device__ inline std::uint32_t word(uint4 const& v, int i) { return i == 0 ? v.
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b with fp32 sums; K a multiple of 8.
 ///
 /// Grid (S, ceil(N / 32), ceil(M / (16 MT))) in clusters of (S, 1, 1) blocks of 256 threads: a
-/// cluster per tile of 16 MT rows x 32 outputs, its S blocks (1 to 8) splitting K (see the file
+/// cluster per tile of 16 MT rows x 32 outputs, its S blocks (1 to 16) splitting K (see the file
 /// comment). Rows and outputs past the ends read the last ones and are not stored.
-/// \tparam MT m16 fragments of rows per tile (1 or 2). \tparam T `ssm::bf16` or `ssm::f16`.
-template <int MT, class T>
+/// \tparam MT m16 fragments of rows per tile (1 or 2). \tparam Depth slices a warp has in flight.
+/// \tparam T `ssm::bf16` or `ssm::f16`.
+template <int MT, int Depth, class T>
 __global__ void __launch_bounds__(narrow_threads)
     narrow_gemm(T const* __restrict__ x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
                 T const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int M, int N, int K) {
@@ -116,36 +125,38 @@ __global__ void __launch_bounds__(narrow_threads)
         xa[i][h] = k < K ? __ldg(reinterpret_cast<uint4 const*>(xr[i][h] + k)) : make_uint4(0u, 0u, 0u, 0u);
   };
 
+  // The warp's slices are c0, c0 + stride, ...: Depth of them in flight, each multiplied, then
+  // its registers reloaded with the slice Depth ahead.
   float acc[MT][NT][4] = {};
-  int c = rank * warps + warp;
-  uint4 wb[NT], xa[MT][2];
+  int const c0 = rank * warps + warp;
+  uint4 wb[Depth][NT], xa[Depth][MT][2];
   allow_next_kernel();
-  fetch_w(c, wb);  // the weights stream while the kernel that writes x finishes
+#pragma unroll
+  for (int d = 0; d < Depth; ++d) fetch_w(c0 + d * stride, wb[d]);  // the weights stream while x is written
   wait_for_previous_kernel();
-  fetch_x(c, xa);
-  for (; c < slices; c += stride) {
-    uint4 wn[NT], xn[MT][2];
-    fetch_w(c + stride, wn);  // the next slice in flight while this one is multiplied
-    fetch_x(c + stride, xn);
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
+  for (int d = 0; d < Depth; ++d) fetch_x(c0 + d * stride, xa[d]);
+  for (int c = c0; c < slices; c += Depth * stride) {
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        std::uint32_t const a[4] = {word(xa[i][0], 2 * s), word(xa[i][1], 2 * s), word(xa[i][0], 2 * s + 1),
-                                    word(xa[i][1], 2 * s + 1)};
+    for (int d = 0; d < Depth; ++d) {
+      int const slice = c + d * stride;
+      if (slice >= slices) break;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          std::uint32_t const b[2] = {word(wb[j], 2 * s), word(wb[j], 2 * s + 1)};
-          mma_16816<T>(acc[i][j], a, b);
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          std::uint32_t const a[4] = {word(xa[d][i][0], 2 * s), word(xa[d][i][1], 2 * s),
+                                      word(xa[d][i][0], 2 * s + 1), word(xa[d][i][1], 2 * s + 1)};
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            std::uint32_t const b[2] = {word(wb[d][j], 2 * s), word(wb[d][j], 2 * s + 1)};
+            mma_16816<T>(acc[i][j], a, b);
+          }
         }
       }
+      fetch_w(slice + Depth * stride, wb[d]);
+      fetch_x(slice + Depth * stride, xa[d]);
     }
-#pragma unroll
-    for (int j = 0; j < NT; ++j) wb[j] = wn[j];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) xa[i][h] = xn[i][h];
   }
 
   // The warps' sums, added in order, then the cluster's blocks', in order.
@@ -203,13 +214,14 @@ bool narrow_applies(std::size_t M, std::size_t N, std::size_t K, T const* x, std
   return shape && pieces && aligned(x, 16) && aligned(w, 16);
 }
 
-/// \brief Blocks per cluster for a product of `tiles` tiles: the fewest (1, 2, 4 or 8) that give
-/// every multiprocessor a block, K permitting (at least one 32-wide slice per warp).
-/// \param tiles the tiles of the output. \param K the inner size. \return the count.
-inline int narrow_cluster_for(int tiles, int K) {
+/// \brief Blocks per cluster for a product of `tiles` tiles: the most (1, 2, 4 or 8) for which
+/// every block of the grid is resident at once, K permitting (a 32-wide slice per warp at least).
+/// \param tiles the tiles of the output. \param K the inner size.
+/// \param resident the kernel's blocks resident on the device at once. \return the count.
+inline int narrow_cluster_for(int tiles, int K, int resident) {
   int const slices = (K + 31) / 32;
   int blocks = 1;
-  while (blocks < narrow_max_cluster && tiles * blocks < multiprocessors() &&
+  while (blocks < narrow_max_cluster && 2 * blocks * tiles <= resident &&
          2 * blocks * (kernels::narrow_threads / 32) <= slices)
     blocks *= 2;
   return blocks;
@@ -217,10 +229,20 @@ inline int narrow_cluster_for(int tiles, int K) {
 
 namespace detail {
 
-/// \brief Enqueue the kernel with tiles of 16 MT rows and K split over `cluster` blocks.
-template <int MT, class T>
+/// \brief Enqueue the kernel with tiles of 16 MT rows, `Depth` slices in flight per warp, and K
+/// split over `cluster` blocks (beyond 8 Hopper's non-portable cluster sizes, up to 16).
+template <int MT, int Depth, class T>
 void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T const* x, std::int64_t ldx, T const* w,
                       std::int64_t ldw, T const* bias, T* y, std::int64_t ldy) {
+  auto const kernel = kernels::narrow_gemm<MT, Depth, T>;
+  if (cluster > 8) {
+    static bool const non_portable = [&] {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+            "ssm::linear (CUDA narrow_gemm): clusters beyond 8 blocks");
+      return true;
+    }();
+    (void)non_portable;
+  }
   cudaLaunchAttribute attributes[2] = {};
   attributes[0].id = cudaLaunchAttributeClusterDimension;
   attributes[0].val.clusterDim.x = static_cast<unsigned>(cluster);
@@ -236,14 +258,14 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
   config.stream = stream;
   config.attrs = attributes;
   config.numAttrs = 2;
-  check(cudaLaunchKernelEx(&config, kernels::narrow_gemm<MT, T>, x, ldx, w, ldw, bias, y, ldy, M, N, K),
+  check(cudaLaunchKernelEx(&config, kernel, x, ldx, w, ldw, bias, y, ldy, M, N, K),
         "ssm::linear (CUDA narrow_gemm)");
 }
 
 }  // namespace detail
 
 /// \brief Enqueue y = x W^T + b on `stream` (see the file comment); `narrow_applies` must hold.
-/// Tiles of 16 rows up to 16 rows, of 32 beyond.
+/// Tiles of 16 rows, 4 slices in flight per warp.
 /// \param stream the stream. \param M,N,K sizes. \param x (M, K) rows `ldx` apart.
 /// \param w (N, K) rows `ldw` apart. \param bias (N) or null. \param y (M, N) rows `ldy` apart.
 /// \param ldx,ldw,ldy row pitches in elements.
@@ -251,12 +273,18 @@ template <class T>
   requires narrow_types<T, T>
 void narrow_gemm(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx, T const* w, std::int64_t ldw,
                  T const* bias, T* y, std::int64_t ldy) {
-  int const MT = M <= 16 ? 1 : 2;
+  constexpr int MT = 1, Depth = 4;
+  static int const resident = [] {
+    int per_multiprocessor = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernels::narrow_gemm<MT, Depth, T>,
+                                                        kernels::narrow_threads, 0),
+          "ssm::linear (CUDA narrow_gemm): occupancy");
+    return per_multiprocessor * multiprocessors();
+  }();
   int const tiles = static_cast<int>(blocks_for(static_cast<std::size_t>(N), kernels::narrow_tile_outputs) *
                                      blocks_for(static_cast<std::size_t>(M), 16 * static_cast<std::size_t>(MT)));
-  int const cluster = narrow_cluster_for(tiles, K);
-  if (MT == 1) detail::narrow_gemm_with<1>(stream, cluster, M, N, K, x, ldx, w, ldw, bias, y, ldy);
-  else detail::narrow_gemm_with<2>(stream, cluster, M, N, K, x, ldx, w, ldw, bias, y, ldy);
+  detail::narrow_gemm_with<MT, Depth>(stream, narrow_cluster_for(tiles, K, resident), M, N, K, x, ldx, w, ldw, bias,
+                                      y, ldy);
 }
 
 }  // namespace ssm::cuda
