@@ -159,3 +159,87 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
     }
   }
 }
+
+TEMPLATE_TEST_CASE("cuda selective_state_update: dt as dt_proj (dt_low, dt_weight) matches the reference",
+                   "[cuda][state_update]", float, ssm::f16, ssm::bf16) {
+  using T = TestType;
+  using ssm::test::scan_sizes;
+  // dt_proj's inputs are exact sixty-fourths (`dt_proj_case`): every path sums them to the same dt,
+  // tensor cores included, so the bounds are those of dt given. bf16 and f16 take the staged
+  // kernel's tensor-core products (from 8 sequences, a group's channels a multiple of a block's);
+  // fp32, an odd R and the rest the portable path.
+  struct sized {
+    scan_sizes sizes;
+    std::size_t rank;
+  };
+  for (sized const c : {// 2 sequences a block, R = 160 (the 2.8B model's: 2.5 rounds of 64), 7 and 8 past the end
+                        sized{{9, 128, 2, 16, 1}, 160}, sized{{49, 64, 2, 16, 1}, 160}, sized{{64, 128, 2, 16, 2}, 48},
+                        // N = 4, 8 and 32 (4 or 8 sequences a block); R below one product's 16
+                        sized{{17, 256, 2, 4, 1}, 6}, sized{{50, 256, 2, 4, 1}, 22}, sized{{53, 128, 2, 8, 1}, 40},
+                        sized{{51, 64, 2, 32, 1}, 64},
+                        // where the staged kernel does not take it: odd R, B = 7, D = 96
+                        sized{{16, 128, 2, 16, 1}, 5}, sized{{7, 128, 2, 16, 1}, 8}, sized{{16, 96, 2, 16, 1}, 8}}) {
+    scan_sizes const& sizes = c.sizes;
+    INFO(sizes.name() << " R=" << c.rank);
+    ssm::test::scan_case<T> steps(sizes, 27);
+    auto const all = Kokkos::ALL;
+    host3<float> state_expected("state_expected", sizes.batch, sizes.channels, sizes.state);
+    host3<T> out_expected("out_expected", sizes.batch, sizes.channels, sizes.length);
+    Kokkos::deep_copy(state_expected, steps.initial_state);
+    auto const state = gpu::to_device(steps.initial_state);
+    auto const u = gpu::to_device(steps.u), z = gpu::to_device(steps.z);
+    auto const A = gpu::to_device(steps.A);
+    auto const D = gpu::to_device(steps.D), bias = gpu::to_device(steps.delta_bias);
+    gpu::dev3<T> out("out", sizes.batch, sizes.channels, sizes.length);
+    gpu::poison(out);
+    gpu::space space;
+    for (std::size_t l = 0; l < sizes.length; ++l) {
+      ssm::test::dt_proj_case<T, T> const dt_proj(sizes.batch, sizes.channels, c.rank, 60 + 2 * l);
+      host3<T> B_l("B_l", sizes.batch, sizes.groups, sizes.state), C_l("C_l", sizes.batch, sizes.groups, sizes.state);
+      Kokkos::deep_copy(B_l, Kokkos::subview(steps.B, all, all, all, l));
+      Kokkos::deep_copy(C_l, Kokkos::subview(steps.C, all, all, all, l));
+      ssm::selective_state_update_params<T, Kokkos::HostSpace> p;
+      p.state = state_expected;
+      p.x = Kokkos::subview(steps.u, all, all, l);
+      p.dt_low = dt_proj.low;
+      p.dt_weight = dt_proj.weight;
+      p.A = steps.A;
+      p.B = B_l;
+      p.C = C_l;
+      p.D = steps.D;
+      p.z = Kokkos::subview(steps.z, all, all, l);
+      p.dt_bias = steps.delta_bias;
+      p.dt_softplus = true;
+      p.out = Kokkos::subview(out_expected, all, all, l);
+      ssm::reference::selective_state_update(p);
+
+      // on the GPU: dt_low as the first R columns of a wider row, as x_proj's output holds it
+      host2<T> wide("wide", sizes.batch, c.rank + 2 * sizes.state);
+      Kokkos::deep_copy(Kokkos::subview(wide, all, std::make_pair(std::size_t{0}, c.rank)), dt_proj.low);
+      auto const d_wide = gpu::to_device(wide);
+      auto const d_weight = gpu::to_device(dt_proj.weight);
+      auto const d_B = gpu::to_device(B_l), d_C = gpu::to_device(C_l);
+      ssm::selective_state_update_params<T, gpu::memory> q;
+      q.state = state;
+      q.x = Kokkos::subview(u, all, all, l);
+      q.dt_low = Kokkos::subview(d_wide, all, std::make_pair(std::size_t{0}, c.rank));
+      q.dt_weight = d_weight;
+      q.A = A;
+      q.B = d_B;
+      q.C = d_C;
+      q.D = D;
+      q.z = Kokkos::subview(z, all, all, l);
+      q.dt_bias = bias;
+      q.dt_softplus = true;
+      q.out = Kokkos::subview(out, all, all, l);
+      ssm::selective_state_update(space, q);
+      space.fence();
+    }
+    ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
+                             "out");
+    ssm::test::require_close(gpu::to_host(state), state_expected,
+                             ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
+                                                                 ssm::test::max_abs(state_expected)),
+                             "state");
+  }
+}

@@ -1,8 +1,10 @@
 #pragma once
 // Random selective-scan problems shared by the scan and state-update tests.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <ssm/scan/selective_scan.hpp>
 
@@ -80,6 +82,37 @@ struct scan_case {
   /// The tolerance for comparing two fp32 evaluations of this scan: the outputs are sums of N
   /// products along a recurrence of L steps, rounded once to T.
   tolerance output_tolerance(double scale) const { return derived_tolerance<T>(s.state + s.length, scale); }
+};
+
+/// dt_proj's inputs of a state update given dt as `dt_low` (B, R) times `dt_weight` (D, R)^T, and
+/// the dt they make, seeded. Every value is a multiple of 1/64 in [-1/4, 1/4], exact in every
+/// storage type: the products are multiples of 2^-12 and every partial sum stays below R / 16, so
+/// that (R < 2^16) fp32 sums them exactly in any order, tensor cores included, and the dt each
+/// path rounds to T is the same. `dt` is their product by plain loops, rounded to T.
+template <class T, class Wt>
+struct dt_proj_case {
+  host2<T> low;      ///< (B, R)
+  host2<Wt> weight;  ///< (D, R)
+  host2<T> dt;       ///< (B, D) = round_T(low weight^T)
+
+  dt_proj_case(std::size_t batch, std::size_t channels, std::size_t rank, std::uint64_t seed)
+      : low("dt_low", batch, rank), weight("dt_weight", channels, rank), dt("dt", batch, channels) {
+    auto sixty_fourths = [](auto const& v, std::uint64_t from) {
+      host2<float> u("u", v.extent(0), v.extent(1));
+      fill_uniform(u, from, -16.49f, 16.49f);
+      for (std::size_t i = 0; i < v.extent(0); ++i)
+        for (std::size_t j = 0; j < v.extent(1); ++j)
+          v(i, j) = from_float<typename std::decay_t<decltype(v)>::non_const_value_type>(std::round(u(i, j)) / 64.0f);
+    };
+    sixty_fourths(low, seed);
+    sixty_fourths(weight, seed + 1);
+    for (std::size_t b = 0; b < batch; ++b)
+      for (std::size_t d = 0; d < channels; ++d) {
+        float sum = 0.0f;
+        for (std::size_t r = 0; r < rank; ++r) sum += to_float(low(b, r)) * to_float(weight(d, r));
+        dt(b, d) = from_float<T>(sum);
+      }
+  }
 };
 
 }  // namespace ssm::test

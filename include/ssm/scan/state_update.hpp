@@ -9,6 +9,11 @@
 /// \f]
 /// Semantics of mamba_ssm's `selective_state_update_ref`; the state is updated in place.
 /// One step equals one token of `ssm::selective_scan` with the same state.
+///
+/// dt is given either as a tensor, or as the mixer's dt_proj still to be taken,
+/// \f$dt_{b,d} = \sum_r \delta_{\mathrm{low}}[b, r]\, W_\Delta[d, r]\f$ (fp32 sums, rounded to the
+/// activation type as the product stored in memory would be), so that a backend may fuse dt_proj
+/// into the update: `selective_state_update_backend::fuses_dt_proj` says where one does.
 
 #include <cstddef>
 #include <string>
@@ -27,14 +32,18 @@ namespace ssm {
 /// \brief Everything one decoding step of the selective scan reads and writes.
 ///
 /// `D`, `z` and `dt_bias` are optional (a default-constructed view means "absent"); `out` must not
-/// overlap the inputs. Channel d uses group d / (D / G) of `B` and `C`.
+/// overlap the inputs. Channel d uses group d / (D / G) of `B` and `C`. The step size is either
+/// `dt`, or `dt_low` and `dt_weight` (dt_proj, fused): exactly one of the two forms.
 /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
 /// \tparam MemSpace the memory space of every tensor.
-template <class T, class MemSpace>
+/// \tparam Wt storage type of `dt_weight` (the mixer's weight type; defaults to `T`).
+template <class T, class MemSpace, class Wt = T>
 struct selective_state_update_params {
   view3<float, MemSpace> state;             ///< (B, D, N) the recurrent state, updated in place
   view2<const T, MemSpace> x;               ///< (B, D) input of this token
-  view2<const T, MemSpace> dt;              ///< (B, D) step size, before bias and softplus
+  view2<const T, MemSpace> dt;              ///< (B, D) step size, before bias and softplus; or absent,
+  view2<const T, MemSpace> dt_low;          ///< (B, R) and `dt_weight` giving it: dt_proj's input
+  view2<const Wt, MemSpace> dt_weight;      ///< (D, R) dt = round_T(dt_low dt_weight^T), sums in fp32
   view2<const float, MemSpace> A;           ///< (D, N)
   view3<const T, MemSpace> B;               ///< (B, G, N)
   view3<const T, MemSpace> C;               ///< (B, G, N)
@@ -48,16 +57,27 @@ struct selective_state_update_params {
 namespace detail {
 
 /// \brief Check the shapes of a state update; returns (B, D, 1, N, G).
-template <class T, class MemSpace>
-scan_shape check(selective_state_update_params<T, MemSpace> const& p, char const* function) {
-  require(given(p.state) && given(p.x) && given(p.dt) && given(p.A) && given(p.B) && given(p.C) &&
+template <class T, class MemSpace, class Wt>
+scan_shape check(selective_state_update_params<T, MemSpace, Wt> const& p, char const* function) {
+  bool const low_rank = given(p.dt_low) || given(p.dt_weight);
+  require(given(p.state) && given(p.x) && (given(p.dt) || low_rank) && given(p.A) && given(p.B) && given(p.C) &&
               given(p.out),
-          function, "state, x, dt, A, B, C and out are required");
+          function, "state, x, dt (or dt_low and dt_weight), A, B, C and out are required");
+  require(!(given(p.dt) && low_rank), function, "give either dt or dt_low and dt_weight, not both");
   scan_shape const s{p.state.extent(0), p.state.extent(1), 1, p.state.extent(2), p.B.extent(1)};
   auto same2 = [&](auto const& v) { return v.extent(0) == s.batch && v.extent(1) == s.channels; };
   auto const bd = shape_string(s.batch, s.channels);
   require(same2(p.x), function, "x must be (B, D) = " + bd);
-  require(same2(p.dt), function, "dt must be (B, D) = " + bd);
+  if (low_rank) {
+    std::size_t const R = p.dt_weight.extent(1);
+    require(given(p.dt_low) && given(p.dt_weight), function, "dt_low and dt_weight go together");
+    require(p.dt_weight.extent(0) == s.channels && R >= 1, function,
+            "dt_weight must be (D, R) with R >= 1, D = " + std::to_string(s.channels));
+    require(p.dt_low.extent(0) == s.batch && p.dt_low.extent(1) == R, function,
+            "dt_low must be (B, R) = " + shape_string(s.batch, R));
+  } else {
+    require(same2(p.dt), function, "dt must be (B, D) = " + bd);
+  }
   require(same2(p.out), function, "out must be (B, D) = " + bd);
   require(p.A.extent(0) == s.channels && p.A.extent(1) == s.state, function,
           "A must be (D, N) = " + shape_string(s.channels, s.state));
@@ -83,12 +103,13 @@ namespace reference {
 /// Synchronous: runs on the calling thread. The oracle of the tests.
 /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
 /// \tparam MemSpace the memory space of every tensor; must be host-accessible.
+/// \tparam Wt storage type of `dt_weight`.
 /// \param p the tensors and flags (see `selective_state_update_params`): `state` (B, D, N),
-///          updated in place; `x`, `dt`, `z`, `out` (B, D); `A` (D, N); `B`, `C` (B, G, N);
-///          `D`, `dt_bias` (D).
+///          updated in place; `x`, `dt`, `z`, `out` (B, D); or `dt_low` (B, R) and `dt_weight`
+///          (D, R) for dt; `A` (D, N); `B`, `C` (B, G, N); `D`, `dt_bias` (D).
 /// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
-template <class T, class MemSpace>
-void selective_state_update(selective_state_update_params<T, MemSpace> const& p) {
+template <class T, class MemSpace, class Wt>
+void selective_state_update(selective_state_update_params<T, MemSpace, Wt> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
                 "ssm::reference::selective_state_update: the tensors must be in host-accessible memory");
   auto const s = detail::check(p, "ssm::reference::selective_state_update");
@@ -96,7 +117,14 @@ void selective_state_update(selective_state_update_params<T, MemSpace> const& p)
   for (std::size_t b = 0; b < s.batch; ++b) {
     for (std::size_t d = 0; d < s.channels; ++d) {
       std::size_t const g = d / channels_per_group;
-      float dt = to_float(p.dt(b, d));
+      float dt = 0.0f;
+      if (given(p.dt)) {
+        dt = to_float(p.dt(b, d));
+      } else {  // dt_proj, stored in T
+        for (std::size_t r = 0; r < p.dt_low.extent(1); ++r)
+          dt += to_float(p.dt_low(b, r)) * to_float(p.dt_weight(d, r));
+        dt = round_to<T>(dt);
+      }
       if (given(p.dt_bias)) dt += p.dt_bias(d);
       if (p.dt_softplus) dt = softplus(dt);
       float const x = to_float(p.x(b, d));
@@ -268,15 +296,17 @@ KOKKOS_FORCEINLINE_FUNCTION void update_channels(float* h, float const* a, T con
 /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
 /// \tparam MemSpace the memory space of every tensor.
 /// \param space the execution space instance the kernel runs on.
+/// \tparam Wt storage type of `dt_weight`.
 /// \param p the checked tensors and flags; `p.state` is updated in place.
 /// \param s their sizes, as returned by the shape check (L = 1).
-template <class ExecSpace, class T, class MemSpace>
-void selective_state_update_portable(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
+template <class ExecSpace, class T, class MemSpace, class Wt>
+void selective_state_update_portable(ExecSpace const& space, selective_state_update_params<T, MemSpace, Wt> const& p,
                                      scan_shape const& s) {
   int const channels = static_cast<int>(s.channels);
   int const state = static_cast<int>(s.state);
   int const channels_per_group = static_cast<int>(s.channels / s.groups);
-  bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias);
+  bool const has_D = given(p.D), has_z = given(p.z), has_bias = given(p.dt_bias), low_rank = !given(p.dt);
+  int const rank = low_rank ? static_cast<int>(p.dt_low.extent(1)) : 0;
   // the usual layout: every state, A, B and C row contiguous along n, so that the loop over
   // n runs on raw pointers and vectorizes (strided views keep the compiler from it)
   bool const unit_n = p.state.stride(2) == 1 && p.A.stride(1) == 1 && p.B.stride(2) == 1 && p.C.stride(2) == 1;
@@ -293,7 +323,16 @@ void selective_state_update_portable(ExecSpace const& space, selective_state_upd
         int const count = channels - d0 < state_update_channel_run<ExecSpace> ? channels - d0
                                                                              : state_update_channel_run<ExecSpace>;
         float dts[state_update_channel_run<ExecSpace>];
-        for (int j = 0; j < count; ++j) dts[j] = to_float(q.dt(b, d0 + j)) + (has_bias ? q.dt_bias(d0 + j) : 0.0f);
+        for (int j = 0; j < count; ++j) {
+          float dt = 0.0f;
+          if (low_rank) {  // dt_proj, stored in T
+            for (int r = 0; r < rank; ++r) dt += to_float(q.dt_low(b, r)) * to_float(q.dt_weight(d0 + j, r));
+            dt = round_to<T>(dt);
+          } else {
+            dt = to_float(q.dt(b, d0 + j));
+          }
+          dts[j] = dt + (has_bias ? q.dt_bias(d0 + j) : 0.0f);
+        }
         if (q.dt_softplus)
           for (int j = 0; j < count; ++j) dts[j] = fast_softplus(dts[j]);
         float gates[state_update_channel_run<ExecSpace>];  // a loop of its own, so that it vectorizes
@@ -334,15 +373,28 @@ void selective_state_update_portable(ExecSpace const& space, selective_state_upd
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
 struct selective_state_update_backend {
+  /// \brief Whether `run` takes dt_proj (`dt_low` and `dt_weight`) at least as fast as a product of
+  /// its own before the update, for the decoding step of a mixer (`mamba_mixer::step`, which then
+  /// skips its dt_proj `linear`). Every backend computes both forms; the portable path takes
+  /// dt_proj as R products per channel and sequence, no faster than a matrix product: no.
+  /// \tparam T storage type of activations. \tparam Wt storage type of `dt_weight`.
+  /// \param s the sizes (B, D, L = 1, N, G). \param rank R.
+  /// \return false.
+  template <class T, class Wt>
+  static constexpr bool fuses_dt_proj(scan_shape const& s, std::size_t rank) {
+    (void)s, (void)rank;
+    return false;
+  }
+
   /// \brief Run one step on `space` (asynchronous: returns once the work is enqueued).
   /// `ssm::selective_state_update` calls it only after checking the shapes and with B, D > 0.
   /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
-  /// \tparam MemSpace the memory space of every tensor.
+  /// \tparam MemSpace the memory space of every tensor. \tparam Wt storage type of `dt_weight`.
   /// \param space the execution space instance the kernel runs on.
   /// \param p the checked tensors and flags; `p.state` is updated in place.
   /// \param s their sizes, as returned by the shape check (L = 1).
-  template <class T, class MemSpace>
-  static void run(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p,
+  template <class T, class MemSpace, class Wt>
+  static void run(ExecSpace const& space, selective_state_update_params<T, MemSpace, Wt> const& p,
                   scan_shape const& s) {
     detail::selective_state_update_portable(space, p, s);
   }
@@ -354,14 +406,14 @@ struct selective_state_update_backend {
 /// before reading `p.out` or `p.state`.
 /// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
 /// \tparam T storage type of activations (`float`, `ssm::f16`, `ssm::bf16`).
-/// \tparam MemSpace the memory space of every tensor.
+/// \tparam MemSpace the memory space of every tensor. \tparam Wt storage type of `dt_weight`.
 /// \param space the execution space instance the work runs on.
 /// \param p the tensors and flags (see `selective_state_update_params`): `state` (B, D, N),
-///          updated in place; `x`, `dt`, `z`, `out` (B, D); `A` (D, N); `B`, `C` (B, G, N);
-///          `D`, `dt_bias` (D).
+///          updated in place; `x`, `dt`, `z`, `out` (B, D); or `dt_low` (B, R) and `dt_weight`
+///          (D, R) for dt; `A` (D, N); `B`, `C` (B, G, N); `D`, `dt_bias` (D).
 /// \throws ssm::shape_error naming the first tensor with a wrong shape, or if N or G is out of range.
-template <class ExecSpace, class T, class MemSpace>
-void selective_state_update(ExecSpace const& space, selective_state_update_params<T, MemSpace> const& p) {
+template <class ExecSpace, class T, class MemSpace, class Wt>
+void selective_state_update(ExecSpace const& space, selective_state_update_params<T, MemSpace, Wt> const& p) {
   static_assert(is_accessible_v<ExecSpace, MemSpace>,
                 "ssm::selective_state_update: the tensors must be accessible from the execution space");
   auto const s = detail::check(p, "ssm::selective_state_update");

@@ -46,12 +46,31 @@
 /// sequences 2.884 with the registers' kernel against 2.845 staged with 2 a block (same run):
 /// hence 8 sequences a block from 48 sequences and the staged kernel from 8.
 ///
+/// dt may come as dt_proj still to be taken (`dt_low` and `dt_weight` of
+/// `selective_state_update_params`, the mixer's x_proj output and dt_proj weight): the staged
+/// kernel then takes each block's products on the tensor cores (`state_update_dt_proj`), while
+/// its copies of the state are in flight, so that the mixer could skip cuBLASLt's dt_proj. It
+/// computes the same function and is tested, but the mixer does not take it
+/// (`selective_state_update_backend<Kokkos::Cuda>::fuses_dt_proj`): it was slower at every batch.
+/// Nsight Compute at base clocks, 2.8B bf16 model on an H200, a layer: at 64 sequences the staged
+/// kernel 16.1 µs and dt_proj 4.8 µs, against 24.1 µs for the staged kernel with the products; at
+/// 16 sequences 7.2 + 4.6 against 12.5. A step, ms, same run (the change on 44b88a3): 4.125 →
+/// 4.259 at 64 sequences, 3.133 → 3.154 at 16, 2.851 → 2.911 at 8. Left to itself the compiler
+/// gave the kernel with products 63 registers, 4 blocks a multiprocessor and two waves of them:
+/// 4.129 → 4.616 ms at 64 sequences; with registers for 5 blocks and 4 steps of R loaded at once,
+/// which spills, 4.368. The products likely wait for their operands behind the state's copies
+/// that the block has just issued and that fill the memory system, a few rounds of loads, then the
+/// per-channel loads after them, all before the first sequence's update. Taking the products
+/// before issuing the copies, or holding dt_proj's weights in registers across several tiles of
+/// sequences, remains to be tried.
+///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's layout),
 /// with the state and A in aligned 16-byte pieces when N >= 4; otherwise the portable path runs.
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
@@ -65,16 +84,19 @@ namespace cuda::detail {
 
 /// \brief The tensors of a state update as the kernel reads them (see
 /// `selective_state_update_params`); `skip` (the D of the equations), `z` and `dt_bias` may be
-/// null.
+/// null, and so may `dt` where `dt_low` and `dt_weight` give it (`state_update_staged_dt_proj_kernel`;
+/// the weight's type is then T).
 template <class T>
 struct state_update_args {
   tensor_ref<float, 3> state;
   tensor_ref<T const, 2> x, dt, z;
+  tensor_ref<T const, 2> dt_low, dt_weight;  ///< (B, R) and (D, R), or null
   tensor_ref<float const, 2> A;
   tensor_ref<T const, 3> B, C;
   tensor_ref<float const, 1> skip, dt_bias;
   tensor_ref<T, 2> out;
   int batch, channels, states, channels_per_group;  ///< B, D, N, D / G
+  int rank;                                        ///< R of `dt_low` (0 without it)
   bool softplus;                                   ///< softplus of dt + bias
 };
 
@@ -220,15 +242,120 @@ __device__ __forceinline__ void copy_async_wait_pending(int pending) {
 }
 
 /// \brief Sequences per block of `state_update_staged_kernel` at N states, `wanted` where the
-/// block's static shared memory (the staged state, 4 KB a sequence, and a float4 per channel and
-/// sequence) stays within 48 KB, fewer otherwise.
+/// block's static shared memory (the staged state, 4 KB a sequence, and a float4 and dt_proj's
+/// float per channel and sequence) stays within 48 KB, fewer otherwise.
 template <int N>
 constexpr int state_update_staged_sequences(int wanted) {
   int const channels = state_update_threads / (N / state_update_chunk);
-  int const bytes_per_sequence = state_update_threads * 16 + channels * 16 + 2 * N * 4;
+  int const bytes_per_sequence = state_update_threads * 16 + channels * 20 + 2 * N * 4;
   int s = wanted;
   while (s > 1 && s * bytes_per_sequence > 48 * 1024) s /= 2;
   return s;
+}
+
+/// \brief c += a b on the tensor cores: a (16 x 16) row-major, b (16 x 8) column-major, c fp32
+/// (m16n8k16 fragments). \tparam T `ssm::bf16` or `ssm::f16`.
+template <class T>
+__device__ inline void state_update_mma(float (&c)[4], std::uint32_t const (&a)[4], std::uint32_t const (&b)[2]) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    static_assert(std::is_same_v<T, f16>, "ssm::cuda::detail::state_update_mma: bf16 or f16");
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+/// \brief Whether the staged kernel takes dt_proj for activations T over weights Wt: on the
+/// tensor cores, so both 16-bit and the same type.
+template <class T, class Wt>
+inline constexpr bool state_update_dt_proj_types =
+    std::is_same_v<T, Wt> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+
+/// \brief Steps of 16 along R whose loads a warp of `state_update_dt_proj` issues before their
+/// products: the loads come from L2, and one step at a time would wait for each in turn. 2 rather
+/// than 4: fewer registers to spill under `state_update_dt_proj_min_blocks` (Nsight Compute, 2.8B
+/// shape: 24.1 against 25.5 µs at 64 sequences, 12.5 against 20.2 at 16).
+inline constexpr int state_update_dt_proj_unroll = 2;
+
+/// \brief Blocks of `state_update_staged_dt_proj_kernel` that a multiprocessor must hold:
+/// registers for 5, as the kernel without it has (48 a thread at 8 sequences a block; its 43 KB
+/// of shared memory allow 5 too), so that 64 sequences of the 2.8B shape (640 blocks) run in one
+/// wave of 660 on an H200. Left to itself the compiler took 63 registers: 4 blocks, two waves.
+inline constexpr int state_update_dt_proj_min_blocks = 5;
+
+/// \brief The first `state_update_dt_proj_unroll` steps of dt_proj's weight fragments of this
+/// warp's first tile (see `state_update_dt_proj`): weights, which nothing before the kernel
+/// writes, so loaded before it waits for the previous one. Zero for a warp without a tile.
+/// \tparam C channels of the block, a multiple of 8.
+/// \param a the tensors (`dt_weight`, `rank`). \param c0 the block's first channel.
+/// \param fb out: the fragments.
+template <int C, class T>
+__device__ inline void state_update_dt_proj_weights(state_update_args<T> const& a, int c0,
+                                                    std::uint32_t (&fb)[state_update_dt_proj_unroll][2]) {
+  int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  int const row = lane / 4, pair = (lane % 4) * 2;
+  bool const has_tile = warp < C / 8;
+  T const* const w = &a.dt_weight(c0 + (has_tile ? warp : 0) * 8 + row, 0);
+#pragma unroll
+  for (int u = 0; u < state_update_dt_proj_unroll; ++u)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int const k = 16 * u + 8 * h + pair;
+      fb[u][h] = has_tile && k < a.rank ? *reinterpret_cast<std::uint32_t const*>(w + k) : 0u;
+    }
+}
+
+/// \brief dt_proj for the block of `state_update_staged` that covers sequences [b0, b0 + S)
+/// and channels [c0, c0 + C): \f$dt[s][c] = \mathrm{round}_T(\sum_r \delta_{low}[b_0 + s, r]\,
+/// W_\Delta[c_0 + c, r])\f$ on the tensor cores, fp32 sums. Warp w takes channels [8 j, 8 j + 8)
+/// for j = w, w + 8, ...: one m16n8k16 product per 16 of R, its tile's rows the S sequences (rows
+/// S to 15 zero), each fragment's pair of values one 4-byte load straight from memory (zero past R).
+/// Needs R even, `dt_low` and `dt_weight` contiguous along r with even row strides, 4-byte aligned.
+/// \tparam S sequences, at most 8. \tparam C channels, a multiple of 8.
+/// \param a the tensors (`dt_low`, `dt_weight`, `rank`, `batch`). \param b0 the first sequence.
+/// \param c0 the first channel. \param first the warp's first weight fragments, from
+/// `state_update_dt_proj_weights`. \param dt out: the block's products, rounded to T, as fp32.
+template <int S, int C, class T>
+__device__ inline void state_update_dt_proj(state_update_args<T> const& a, int b0, int c0,
+                                            std::uint32_t const (&first)[state_update_dt_proj_unroll][2],
+                                            float (&dt)[S][C]) {
+  static_assert(S <= 8 && C % 8 == 0, "ssm::cuda::detail::state_update_dt_proj: S <= 8, C a multiple of 8");
+  constexpr int U = state_update_dt_proj_unroll;
+  int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  int const row = lane / 4, pair = (lane % 4) * 2;  // the fragments' coordinates (m16n8k16)
+  int const R = a.rank;
+  bool const has_row = row < S && b0 + row < a.batch;
+  T const* const low = &a.dt_low(has_row ? b0 + row : 0, 0);
+  auto word = [](T const* p) { return *reinterpret_cast<std::uint32_t const*>(p); };
+  for (int tile = warp; tile < C / 8; tile += state_update_threads / 32) {
+    T const* const w = &a.dt_weight(c0 + tile * 8 + row, 0);  // B's column `row`: a row of dt_proj
+    float acc[4] = {};
+    for (int k0 = 0; k0 < R; k0 += 16 * U) {
+      std::uint32_t fa[U][4] = {}, fb[U][2];
+      bool const prefetched = tile == warp && k0 == 0;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          int const k = k0 + 16 * u + 8 * h + pair;  // R is even: k < R means k + 1 < R
+          fa[u][2 * h] = has_row && k < R ? word(low + k) : 0u;
+          fb[u][h] = prefetched ? first[u][h] : k < R ? word(w + k) : 0u;
+        }
+#pragma unroll
+      for (int u = 0; u < U; ++u) state_update_mma<T>(acc, fa[u], fb[u]);
+    }
+    // acc[0] and acc[1]: sequence `row`, channels pair and pair + 1 of the tile (acc[2], acc[3]: rows 8 to 15)
+    if (row < S) {
+      dt[row][tile * 8 + pair] = round_to<T>(acc[0]);
+      dt[row][tile * 8 + pair + 1] = round_to<T>(acc[1]);
+    }
+  }
 }
 
 /// \brief The state update of many sequences with the state staged in shared memory: the lanes
@@ -241,12 +368,18 @@ constexpr int state_update_staged_sequences(int wanted) {
 /// read once per block too. The exponentials are the selective scan's (`exp2_approx`,
 /// `softplus_fast`, `silu_fast`).
 ///
+/// With `LowRank`, dt is dt_proj of `dt_low` and `dt_weight`, taken by the block for its
+/// sequences and channels on the tensor cores (`state_update_dt_proj`) while the state's copies
+/// are in flight, instead of read from `dt`.
+///
 /// Needs N >= 4 (16-byte pieces) and every channel of a block in one group, hence D a multiple of
-/// the block's 256 / (N / 4) channels: every lane has a channel. Grid: (D / (256 / (N / 4)),
-/// ceil(B / S)) blocks of 256 threads.
+/// the block's 256 / (N / 4) channels: every lane has a channel. The body of
+/// `state_update_staged_kernel` and `state_update_staged_dt_proj_kernel`; their grid: (D / (256 /
+/// (N / 4)), ceil(B / S)) blocks of 256 threads.
 /// \tparam N states per channel: 4, 8, 16 or 32. \tparam S sequences per block.
-template <int N, int S, class T>
-__global__ void __launch_bounds__(state_update_threads) state_update_staged_kernel(state_update_args<T> const a) {
+/// \tparam LowRank dt from `dt_low` and `dt_weight` (T bf16 or f16, see `state_update_dt_proj`).
+template <int N, int S, bool LowRank, class T>
+__device__ __forceinline__ void state_update_staged(state_update_args<T> const& a) {
   allow_next_kernel();
   constexpr int V = state_update_chunk;                // states per thread
   constexpr int P = N / V;                             // lanes per channel
@@ -254,6 +387,7 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
   __shared__ float4 staged[S][state_update_threads];   // each thread's own states, sequence by sequence
   __shared__ __align__(16) float bc[2][S][N];          // B, then C, of the block's group
   __shared__ float4 per_channel[S][channels];          // delta, delta x, D x, silu(z)
+  __shared__ float low_rank_dt[LowRank ? S : 1][LowRank ? channels : 1];  // dt_proj's products
   int const lane = static_cast<int>(threadIdx.x);
   int const c0 = static_cast<int>(blockIdx.x) * channels;  // the block's first channel
   int const d = c0 + lane / P;
@@ -264,6 +398,8 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
   load_chunk<V>(&a.A(d, n0), A2);
 #pragma unroll
   for (int j = 0; j < V; ++j) A2[j] *= 1.44269504088896341f;
+  std::uint32_t dt_weights[LowRank ? state_update_dt_proj_unroll : 1][2];
+  if constexpr (LowRank) state_update_dt_proj_weights<channels>(a, c0, dt_weights);
   wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
 
   // A group of copies per sequence; none past the batch (the same for the whole block), so that
@@ -278,10 +414,16 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
     int const b = min(b0 + s, a.batch - 1);
     bc[which][s][n] = to_float(which == 0 ? a.B(b, g, n) : a.C(b, g, n));
   }
+  if constexpr (LowRank) {
+    state_update_dt_proj<S, channels>(a, b0, c0, dt_weights, low_rank_dt);
+    __syncthreads();  // each thread below reads products of other warps
+  }
   for (int i = lane; i < S * channels; i += state_update_threads) {
     int const s = i / channels, c = c0 + i % channels;
     int const b = min(b0 + s, a.batch - 1);
-    float const dt = to_float(a.dt(b, c)) + (a.dt_bias ? a.dt_bias(c) : 0.0f);
+    float dt = 0.0f;
+    if constexpr (LowRank) dt = low_rank_dt[s][i % channels] + (a.dt_bias ? a.dt_bias(c) : 0.0f);
+    else dt = to_float(a.dt(b, c)) + (a.dt_bias ? a.dt_bias(c) : 0.0f);
     float const delta = a.softplus ? softplus_fast(dt) : dt;
     float const x = to_float(a.x(b, c));
     per_channel[s][i % channels] =
@@ -313,21 +455,63 @@ __global__ void __launch_bounds__(state_update_threads) state_update_staged_kern
   }
 }
 
+/// \brief The staged state update with dt read from `dt` (see `state_update_staged`).
+/// \tparam N states per channel: 4, 8, 16 or 32. \tparam S sequences per block.
+template <int N, int S, class T>
+__global__ void __launch_bounds__(state_update_threads) state_update_staged_kernel(state_update_args<T> const a) {
+  state_update_staged<N, S, false>(a);
+}
+
+/// \brief The staged state update with dt_proj's products (see `state_update_staged`), in
+/// registers for `state_update_dt_proj_min_blocks` blocks a multiprocessor. (A minimum of blocks
+/// is an attribute of the kernel: given as 1 to the kernel without products, it took that kernel
+/// from 48 registers to 80.)
+/// \tparam N states per channel: 4, 8, 16 or 32. \tparam S sequences per block.
+template <int N, int S, class T>
+__global__ void __launch_bounds__(state_update_threads, state_update_dt_proj_min_blocks)
+    state_update_staged_dt_proj_kernel(state_update_args<T> const a) {
+  state_update_staged<N, S, true>(a);
+}
+
 }  // namespace cuda::detail
 
 /// \brief On `Kokkos::Cuda` the state update runs `cuda::detail::state_update_kernel` when N
 /// divides 32, the state, A, B and C are contiguous along n and (N >= 4) the state's and A's
 /// chunks of 4 states are 16-byte aligned, `cuda::detail::state_update_staged_kernel` instead from
 /// 8 sequences when N >= 4 and a group's channels are a multiple of a block's; the portable path
-/// otherwise.
+/// otherwise. dt given as dt_proj (`dt_low` and `dt_weight`) runs in the staged kernel where it
+/// applies and the types and layouts suit its tensor-core products, in the portable path otherwise.
 template <>
 struct selective_state_update_backend<Kokkos::Cuda> {
+  /// \brief Whether the staged kernel would run a step of these sizes: from 8 sequences, N = 4 to
+  /// 32, a block's 256 / (N / 4) channels dividing a group's.
+  /// \param s the sizes (B, D, L = 1, N, G). \return true if it would (layouts permitting).
+  static bool staged(scan_shape const& s) {
+    std::size_t const N = s.state;
+    if (s.batch < cuda::detail::state_update_staged_min_batch || N < 4 || N > 32 || 32 % N != 0) return false;
+    std::size_t const channels = cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk);
+    return s.groups >= 1 && (s.channels / s.groups) % channels == 0;
+  }
+
+  /// \brief Whether to hand dt_proj to the state update (see the primary template): no. The
+  /// staged kernel takes it where it runs, T and Wt are the same 16-bit type and R is even, but
+  /// on an H200 the step was slower that way at 8, 16 and 64 sequences (see the file comment).
+  /// \tparam T storage type of activations. \tparam Wt storage type of `dt_weight`.
+  /// \param s the sizes (B, D, L = 1, N, G). \param rank R. \return false.
+  template <class T, class Wt>
+  static constexpr bool fuses_dt_proj(scan_shape const& s, std::size_t rank) {
+    (void)s, (void)rank;
+    return false;
+  }
+
   /// \brief Run one step on `space`'s stream (asynchronous).
   /// \tparam T storage type of activations. \tparam MemSpace the memory space of every tensor.
+  /// \tparam Wt storage type of `dt_weight`.
   /// \param space the execution space instance. \param p the checked tensors and flags.
   /// \param s their sizes (L = 1).
-  template <class T, class MemSpace>
-  static void run(Kokkos::Cuda const& space, selective_state_update_params<T, MemSpace> const& p, scan_shape const& s) {
+  template <class T, class MemSpace, class Wt>
+  static void run(Kokkos::Cuda const& space, selective_state_update_params<T, MemSpace, Wt> const& p,
+                  scan_shape const& s) {
     int const N = static_cast<int>(s.state);
     bool const lanes = N <= 32 && 32 % N == 0;
     bool const unit_n = p.state.stride(2) == 1 && p.A.stride(1) == 1 && p.B.stride(2) == 1 && p.C.stride(2) == 1;
@@ -335,7 +519,8 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     bool const pieces = N < cuda::detail::state_update_chunk ||
                         (cuda::aligned(p.state.data(), 16) && p.state.stride(0) % 4 == 0 && p.state.stride(1) % 4 == 0 &&
                          cuda::aligned(p.A.data(), 16) && p.A.stride(0) % 4 == 0);
-    if (!lanes || !unit_n || !pieces) {
+    bool const low_rank = !given(p.dt);
+    if (!lanes || !unit_n || !pieces || (low_rank && !low_rank_staged(p, s))) {
       detail::selective_state_update_portable(space, p, s);
       return;
     }
@@ -343,6 +528,13 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     a.state = cuda::ref(p.state);
     a.x = cuda::ref(p.x);
     a.dt = cuda::ref(p.dt);
+    if constexpr (std::is_same_v<T, Wt>) {
+      if (low_rank) {
+        a.dt_low = cuda::ref(p.dt_low);
+        a.dt_weight = cuda::ref(p.dt_weight);
+        a.rank = static_cast<int>(p.dt_low.extent(1));
+      }
+    }
     a.A = cuda::ref(p.A);
     a.B = cuda::ref(p.B);
     a.C = cuda::ref(p.C);
@@ -356,25 +548,33 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     a.channels_per_group = static_cast<int>(s.channels / s.groups);
     a.softplus = p.dt_softplus;
     // From 8 sequences, when a block's channels lie in one group: the staged kernel.
-    int const staged_channels = N >= cuda::detail::state_update_chunk
-                                    ? cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk)
-                                    : 0;
-    if (s.batch >= cuda::detail::state_update_staged_min_batch && staged_channels > 0 &&
-        a.channels_per_group % staged_channels == 0) {
-      auto staged = [&](auto states) {
+    if (staged(s)) {
+      int const staged_channels = cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk);
+      auto staged_launch = [&](auto states) {
         constexpr int n = decltype(states)::value;
-        auto go = [&](auto sequences) {
+        auto go = [&](auto sequences, auto products) {
           constexpr int S = decltype(sequences)::value;
-          dim3 const grid(static_cast<unsigned>(s.channels) / static_cast<unsigned>(staged_channels),
-                          cuda::blocks_for(s.batch, S));
-          cuda::launch(cuda::detail::state_update_staged_kernel<n, S, T>, grid, dim3(cuda::detail::state_update_threads),
-                       0, cuda::stream(space), "ssm::selective_state_update::cuda", a);
+          constexpr bool LowRank = decltype(products)::value;
+          if constexpr (!LowRank || cuda::detail::state_update_dt_proj_types<T, Wt>) {
+            dim3 const grid(static_cast<unsigned>(s.channels) / static_cast<unsigned>(staged_channels),
+                            cuda::blocks_for(s.batch, S));
+            auto launch_staged = [&](auto kernel) {
+              cuda::launch(kernel, grid, dim3(cuda::detail::state_update_threads), 0, cuda::stream(space),
+                           "ssm::selective_state_update::cuda", a);
+            };
+            if constexpr (LowRank) launch_staged(cuda::detail::state_update_staged_dt_proj_kernel<n, S, T>);
+            else launch_staged(cuda::detail::state_update_staged_kernel<n, S, T>);
+          }
+        };
+        auto with_products = [&](auto sequences) {
+          if (low_rank) go(sequences, std::true_type{});
+          else go(sequences, std::false_type{});
         };
         if (s.batch >= cuda::detail::state_update_staged_wide_batch)
-          go(std::integral_constant<int, cuda::detail::state_update_staged_sequences<n>(8)>{});
-        else go(std::integral_constant<int, 2>{});
+          with_products(std::integral_constant<int, cuda::detail::state_update_staged_sequences<n>(8)>{});
+        else with_products(std::integral_constant<int, 2>{});
       };
-      cuda::with_constant<4, 8, 16, 32>(N, staged);
+      cuda::with_constant<4, 8, 16, 32>(N, staged_launch);
       return;
     }
     auto launch = [&](auto states) {
@@ -386,6 +586,23 @@ struct selective_state_update_backend<Kokkos::Cuda> {
                    cuda::stream(space), "ssm::selective_state_update::cuda", a);
     };
     cuda::with_constant<1, 2, 4, 8, 16, 32>(N, launch);
+  }
+
+ private:
+  /// \brief Whether the staged kernel takes this step's dt_proj: it runs (`staged`), T and Wt
+  /// suit the tensor cores, and `dt_low` and `dt_weight` are contiguous along R (even), with even
+  /// row strides and 4-byte alignment, so that every pair of values is one aligned word.
+  template <class T, class MemSpace, class Wt>
+  static bool low_rank_staged(selective_state_update_params<T, MemSpace, Wt> const& p, scan_shape const& s) {
+    if constexpr (!cuda::detail::state_update_dt_proj_types<T, Wt>) {
+      (void)p, (void)s;
+      return false;
+    } else {
+      auto const words = [](auto const& v) {
+        return v.stride(1) == 1 && v.stride(0) % 2 == 0 && cuda::aligned(v.data(), 4);
+      };
+      return staged(s) && p.dt_low.extent(1) % 2 == 0 && words(p.dt_low) && words(p.dt_weight);
+    }
   }
 };
 
