@@ -87,6 +87,10 @@ void sweep() {
   compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 1, 3);      // N = 1, W = 1: no conv state
   compare<T, Wt>(shape(32, 64, 1, 1, 1, false), 5, 3);      // the same, op by op
   compare<T, Wt>(shape(64, 128, 16, 4, 8, true), 20, 2);    // more sequences than a fused step takes
+  // op by op: the staged state update with 8 sequences a block, R = 160 as in the 2.8B model, and
+  // with 2 a block (dt_proj inside the state update wherever its backend takes it)
+  compare<T, Wt>(shape(128, 512, 16, 4, 160, false), 49, 2);
+  compare<T, Wt>(shape(64, 256, 16, 4, 24, true), 11, 2);
 }
 
 /// A block's step (residual add, RMSNorm, mixer) on the GPU, fused into four launches up to 8

@@ -381,12 +381,19 @@ class mamba_mixer {
     causal_conv1d_update(space, conv);
     linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xc, B, D, D, 1), weights_.x_proj_weight, {},
                                            strided<T, M_>(xdbl, B, xw, xw, 1)});
-    linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xdbl, B, xw, R, 1), weights_.dt_proj_weight, {},
-                                           strided<T, M_>(dt, B, D, D, 1)});
-    selective_state_update_params<T, M_> update;
+    selective_state_update_params<T, M_, Wt> update;
+    // dt_proj: inside the state update where its backend takes it, a product of its own otherwise
+    scan_shape const sizes{B, D, 1, N, 1};
+    if (selective_state_update_backend<ExecSpace>::template fuses_dt_proj<T, Wt>(sizes, R)) {
+      update.dt_low = strided<const T, M_>(xdbl, B, xw, R, 1);
+      update.dt_weight = weights_.dt_proj_weight;
+    } else {
+      linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(xdbl, B, xw, R, 1), weights_.dt_proj_weight, {},
+                                             strided<T, M_>(dt, B, D, D, 1)});
+      update.dt = strided<const T, M_>(dt, B, D, D, 1);
+    }
     update.state = state.ssm;
     update.x = strided<const T, M_>(xc, B, D, D, 1);
-    update.dt = strided<const T, M_>(dt, B, D, D, 1);
     update.A = weights_.A;
     update.B = view3<const T, M_>(xdbl + R, Kokkos::LayoutStride(B, xw, 1, xw, N, 1));
     update.C = view3<const T, M_>(xdbl + R + N, Kokkos::LayoutStride(B, xw, 1, xw, N, 1));
