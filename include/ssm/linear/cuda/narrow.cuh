@@ -40,6 +40,7 @@
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
 
@@ -58,24 +59,6 @@ namespace kernels {
 inline constexpr int narrow_threads = 256;
 /// \brief Outputs of a block's tile (four n8 fragments).
 inline constexpr int narrow_tile_outputs = 32;
-
-/// \brief c += a b on the tensor cores: a (16 x 16) row-major, b (16 x 8) column-major, c fp32
-/// (m16n8k16 fragments). \tparam T `ssm::bf16` or `ssm::f16`.
-template <class T>
-__device__ inline void mma_16816(float (&c)[4], std::uint32_t const (&a)[4], std::uint32_t const (&b)[2]) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    static_assert(std::is_same_v<T, f16>, "ssm::cuda::kernels::mma_16816: bf16 or f16");
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
 
 /// \brief Word `i` (0 to 3) of a 16-byte piece.
 __device__ inline std::uint32_t word(uint4 const& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }

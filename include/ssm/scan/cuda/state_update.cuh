@@ -74,6 +74,7 @@
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
 #include <ssm/scan/selective_scan.hpp>  // exp2_approx, softplus_fast
@@ -253,24 +254,6 @@ constexpr int state_update_staged_sequences(int wanted) {
   return s;
 }
 
-/// \brief c += a b on the tensor cores: a (16 x 16) row-major, b (16 x 8) column-major, c fp32
-/// (m16n8k16 fragments). \tparam T `ssm::bf16` or `ssm::f16`.
-template <class T>
-__device__ inline void state_update_mma(float (&c)[4], std::uint32_t const (&a)[4], std::uint32_t const (&b)[2]) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    static_assert(std::is_same_v<T, f16>, "ssm::cuda::detail::state_update_mma: bf16 or f16");
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
 /// \brief Whether the staged kernel takes dt_proj for activations T over weights Wt: on the
 /// tensor cores, so both 16-bit and the same type.
 template <class T, class Wt>
@@ -348,7 +331,7 @@ __device__ inline void state_update_dt_proj(state_update_args<T> const& a, int b
           fb[u][h] = prefetched ? first[u][h] : k < R ? word(w + k) : 0u;
         }
 #pragma unroll
-      for (int u = 0; u < U; ++u) state_update_mma<T>(acc, fa[u], fb[u]);
+      for (int u = 0; u < U; ++u) mma_16816<T>(acc, fa[u], fb[u]);
     }
     // acc[0] and acc[1]: sequence `row`, channels pair and pair + 1 of the tile (acc[2], acc[3]: rows 8 to 15)
     if (row < S) {

@@ -1,0 +1,38 @@
+#pragma once
+/// \file
+/// \brief One tensor-core product from registers (`mma.sync` m16n8k16, fp32 sums), for the
+/// hand-written kernels that multiply small tiles: `narrow_gemm` (`ssm/linear/cuda/narrow.cuh`)
+/// and the state update's dt_proj (`ssm/scan/cuda/state_update.cuh`).
+///
+/// Fragments, for the lane's group g = lane / 4 and thread in group t = lane % 4 (PTX ISA,
+/// "Matrix Fragments for mma.m16n8k16"): `a` holds A's (g, 2t..2t+1), (g + 8, 2t..2t+1),
+/// (g, 2t+8..2t+9) and (g + 8, 2t+8..2t+9), two 16-bit values per register; `b` holds B's
+/// (2t..2t+1, g) and (2t+8..2t+9, g); `c` holds C's (g, 2t), (g, 2t+1), (g + 8, 2t), (g + 8, 2t+1).
+
+#include <cstdint>
+#include <type_traits>
+
+#include <ssm/core/dtype.hpp>
+
+namespace ssm::cuda {
+
+/// \brief c += a b on the tensor cores: a (16 x 16) row-major, b (16 x 8) column-major, c fp32.
+/// \tparam T `ssm::bf16` or `ssm::f16`, the type of a and b.
+/// \param c the sums (in, out). \param a,b the fragments (see the file comment).
+template <class T>
+__device__ inline void mma_16816(float (&c)[4], std::uint32_t const (&a)[4], std::uint32_t const (&b)[2]) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    static_assert(std::is_same_v<T, f16>, "ssm::cuda::mma_16816: bf16 or f16");
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+}  // namespace ssm::cuda
