@@ -10,7 +10,8 @@
 // kernel's variants too with `--variants` (outputs per warp, loads per batch, warps per output),
 // so that its choices can be checked on the GPU at hand; for x_proj also 16 and 64 rows through
 // the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt, with
-// `--variants` at other tiles, slices in flight and cluster sizes too.
+// `--variants` at other tiles, slices in flight and cluster sizes too, and then for in_proj and
+// out_proj at 16 and 64 rows as well.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -132,11 +133,13 @@ int main(int argc, char** argv) {
                                                y.data(), N);
         });
       }
-      if (N <= ssm::cuda::narrow_max_outputs)
+      bool const few_outputs = N <= ssm::cuda::narrow_max_outputs;
+      if (few_outputs || (variants && N <= 16384))
         for (int M : {16, 64}) {
-          report(M, "ssm narrow_gemm", [&](view2 const& w) {
-            ssm::cuda::narrow_gemm<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
-          });
+          if (few_outputs)
+            report(M, "ssm narrow_gemm", [&](view2 const& w) {
+              ssm::cuda::narrow_gemm<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr, y.data(), N);
+            });
           report(M, "cuBLASLt", [&](view2 const& w) {
             ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), K, w.data(), K, nullptr,
                                                  y.data(), N);
@@ -144,7 +147,7 @@ int main(int argc, char** argv) {
           if (!variants) continue;
           auto variant = [&](auto mt, auto depth) {
             constexpr int MT = decltype(mt)::value, Depth = decltype(depth)::value;
-            for (int cluster : {4, 8, 16}) {
+            for (int cluster : few_outputs ? std::vector<int>{4, 8, 16} : std::vector<int>{1, 2, 4}) {
               char label[96];
               std::snprintf(label, sizeof label, "narrow rows %d depth %d cluster %d", 16 * MT, Depth, cluster);
               report(M, label, [&](view2 const& w) {
