@@ -11,11 +11,13 @@
 // so that its choices can be checked on the GPU at hand; for x_proj also 16 and 64 rows through
 // the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt, with
 // `--variants` at other tiles, slices in flight and cluster sizes too, and then for in_proj and
-// out_proj at 16 and 64 rows as well.
+// out_proj at 16 and 64 rows as well, beside cuBLASLt over 2, 4 or 8 slices of K into fp32
+// partial sums (one strided-batch call, no reduction launch: `partial_products`).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -56,6 +58,68 @@ void gemv_variant(space const& s, variant v, int N, int K, view2 const& x, view2
   else if (v.rows == 2) with_depth(integral_constant<int, 2>{});
   else with_depth(integral_constant<int, 4>{});
 }
+
+/// y = x W^T as S products over slices of K, each into its own fp32 (M, N) partial: one
+/// strided-batch cuBLASLt call and no launch to add the slices. What a decoding step's out_proj
+/// could hand to the next layer's RMSNorm, which would add the partials with the residual; timed
+/// here against cuBLASLt's own split K, whose reduction is a second launch.
+class partial_products {
+ public:
+  partial_products(int M, int N, int K, std::int32_t S) {
+    char const* what = "bench_cuda_linear: partial products";
+    auto const ok = [&](cublasStatus_t status) {
+      if (status != CUBLAS_STATUS_SUCCESS) throw ssm::error(std::string(what) + ": cuBLASLt status " + std::to_string(status));
+    };
+    ok(cublasLtCreate(&handle_));
+    ok(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t const transpose = CUBLAS_OP_T;
+    ok(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
+    auto const slice = static_cast<std::uint64_t>(K / S);
+    auto const batched = [&](cublasLtMatrixLayout_t& layout, cudaDataType_t type, std::uint64_t rows,
+                             std::uint64_t cols, std::int64_t ld, std::int64_t stride) {
+      ok(cublasLtMatrixLayoutCreate(&layout, type, rows, cols, ld));
+      ok(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &S, sizeof S));
+      ok(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+    };
+    batched(a_, CUDA_R_16BF, slice, static_cast<std::uint64_t>(N), K, static_cast<std::int64_t>(slice));
+    batched(b_, CUDA_R_16BF, slice, static_cast<std::uint64_t>(M), K, static_cast<std::int64_t>(slice));
+    batched(d_, CUDA_R_32F, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N,
+            static_cast<std::int64_t>(M) * N);
+    cublasLtMatmulPreference_t preference;
+    ok(cublasLtMatmulPreferenceCreate(&preference));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    ok(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, d_, d_, preference, 1, &result, &found));
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (found == 0) throw ssm::error(std::string(what) + ": no algorithm");
+    algo_ = result.algo;
+    ssm::cuda::check(cudaMalloc(&partials_, sizeof(float) * static_cast<std::size_t>(S) * M * N), what);
+  }
+  partial_products(partial_products const&) = delete;
+  partial_products& operator=(partial_products const&) = delete;
+  ~partial_products() {
+    cudaFree(partials_);
+    cublasLtMatrixLayoutDestroy(a_);
+    cublasLtMatrixLayoutDestroy(b_);
+    cublasLtMatrixLayoutDestroy(d_);
+    cublasLtMatmulDescDestroy(desc_);
+    cublasLtDestroy(handle_);
+  }
+  /// Enqueue the S products of x (M, K) and w (N, K), both with rows K apart.
+  void run(cudaStream_t stream, T const* x, T const* w) const {
+    float const one = 1.0f, zero = 0.0f;
+    if (cublasLtMatmul(handle_, desc_, &one, w, a_, x, b_, &zero, partials_, d_, partials_, d_, &algo_, nullptr, 0,
+                       stream) != CUBLAS_STATUS_SUCCESS)
+      throw ssm::error("bench_cuda_linear: partial products: cublasLtMatmul");
+  }
+
+ private:
+  cublasLtHandle_t handle_{};
+  cublasLtMatmulDesc_t desc_{};
+  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
+  cublasLtMatmulAlgo_t algo_{};
+  float* partials_ = nullptr;
+};
 
 /// Fill with a hash of the index, uniform in [-0.5, 0.5): quick for 260 MB and never zeros.
 void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
@@ -145,6 +209,17 @@ int main(int argc, char** argv) {
                                                  y.data(), N);
           });
           if (!variants) continue;
+          if (!few_outputs)
+            for (int S : {2, 4, 8}) {
+              char label[96];
+              std::snprintf(label, sizeof label, "cuBLASLt, K in %d slices, fp32 partials", S);
+              try {
+                partial_products const products(M, N, K, S);
+                report(M, label, [&](view2 const& w) { products.run(ssm::cuda::stream(s), x.data(), w.data()); });
+              } catch (ssm::error const& e) {
+                std::printf("| %s | %d | %s | refused: %s | | |\n", name, M, label, e.what());
+              }
+            }
           auto variant = [&](auto mt, auto depth) {
             constexpr int MT = decltype(mt)::value, Depth = decltype(depth)::value;
             for (int cluster : few_outputs ? std::vector<int>{4, 8, 16} : std::vector<int>{1, 2, 4}) {
