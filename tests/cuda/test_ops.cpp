@@ -28,6 +28,20 @@ struct types {
   using weight = Wt;
 };
 
+/// The GPU's L steps of a state update against the reference's: two fp32 evaluations of the same
+/// recurrence (the GPU with its fast exponentials and FMAs), the outputs sums of N products along
+/// L steps rounded once to T, the state L N terms in fp32: the bounds of the host test.
+template <class T>
+void require_steps_close(ssm::test::scan_case<T> const& steps, ssm::test::scan_sizes const& sizes, auto const& out,
+                         host3<T> const& out_expected, auto const& state, host3<float> const& state_expected) {
+  ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
+                           "out");
+  ssm::test::require_close(gpu::to_host(state), state_expected,
+                           ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
+                                                               ssm::test::max_abs(state_expected)),
+                           "state");
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("cuda embedding: rows of the table, widened and rounded like the reference", "[cuda][embedding]",
@@ -147,15 +161,7 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
       }
       space.fence();
 
-      // Two fp32 evaluations of the same recurrence (the GPU with fast_exp, fast_softplus, fast_silu
-      // and FMAs): the outputs are sums of N products along L steps, rounded once to T; the state
-      // sums L N terms in fp32. The bounds of the host test of the state update.
-      ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
-                               "out");
-      ssm::test::require_close(gpu::to_host(state), state_expected,
-                               ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
-                                                                   ssm::test::max_abs(state_expected)),
-                               "state");
+      require_steps_close(steps, sizes, out, out_expected, state, state_expected);
     }
   }
 }
@@ -235,11 +241,6 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: dt as dt_proj (dt_low, dt_weigh
       ssm::selective_state_update(space, q);
       space.fence();
     }
-    ssm::test::require_close(gpu::to_host(out), out_expected, steps.output_tolerance(ssm::test::max_abs(out_expected)),
-                             "out");
-    ssm::test::require_close(gpu::to_host(state), state_expected,
-                             ssm::test::derived_tolerance<float>(sizes.length * sizes.state,
-                                                                 ssm::test::max_abs(state_expected)),
-                             "state");
+    require_steps_close(steps, sizes, out, out_expected, state, state_expected);
   }
 }
