@@ -18,10 +18,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
 
 namespace ssm::cuda {
@@ -34,16 +34,6 @@ namespace kernels {
 /// \brief Threads per block of the matrix-vector kernel.
 inline constexpr int gemv_threads = 256;
 
-/// \brief Widen the `16 / sizeof(T)` values of a 16-byte piece to fp32.
-template <class T>
-__device__ inline void widen(uint4 const& raw, float (&out)[16 / sizeof(T)]) {
-  T values[16 / sizeof(T)];
-  static_assert(sizeof(values) == sizeof(raw));
-  std::memcpy(values, &raw, sizeof raw);
-#pragma unroll
-  for (int j = 0; j < static_cast<int>(16 / sizeof(T)); ++j) out[j] = to_float(values[j]);
-}
-
 /// \brief `Count` consecutive values at `p` widened to fp32, with 16-byte loads (`p` aligned).
 template <class T, int Count>
 __device__ inline void load_float(T const* p, float (&out)[Count]) {
@@ -52,7 +42,7 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
 #pragma unroll
   for (int i = 0; i < Count / per_piece; ++i) {
     float piece[per_piece];
-    widen<T>(__ldg(reinterpret_cast<uint4 const*>(p) + i), piece);
+    widen_piece<T>(__ldg(reinterpret_cast<uint4 const*>(p) + i), piece);
 #pragma unroll
     for (int j = 0; j < per_piece; ++j) out[i * per_piece + j] = piece[j];
   }
@@ -118,7 +108,7 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
       if (p >= pieces) break;
       float wv[Rows][vec];
 #pragma unroll
-      for (int r = 0; r < Rows; ++r) widen<Wt>(current[i][r], wv[r]);
+      for (int r = 0; r < Rows; ++r) widen_piece<Wt>(current[i][r], wv[r]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xv[vec];

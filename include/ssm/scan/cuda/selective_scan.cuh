@@ -146,6 +146,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
 #include <ssm/core/views.hpp>
@@ -173,8 +174,6 @@ inline constexpr int scan_narrow_blocks = 3;
 /// \brief The cost of the first pass over a piece relative to the second (no C, no outputs, no
 /// products of decays), for the launcher's model.
 inline constexpr double first_pass_cost = 0.6;
-/// \brief \f$\log_2 e\f$: \f$e^x = 2^{x \log_2 e}\f$.
-inline constexpr float log2e = 1.44269504088896341f;
 
 /// \brief A strided tensor as the kernel sees it: a pointer and strides in elements.
 /// \tparam V element type (`const` for inputs).
@@ -283,44 +282,10 @@ __device__ __forceinline__ T narrow(float x) {
   else return x;
 }
 
-/// \brief \f$2^x\f$ by the special-function unit (`ex2.approx.ftz.f32`): one instruction,
-/// relative error about \f$2^{-22}\f$, subnormal results flushed to zero.
-/// \param x the exponent. \return \f$2^x\f$.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 /// \brief Ask for the L2 sector holding `p` (`prefetch.global.L2`): one instruction, no register,
 /// nothing to wait for.
 /// \param p an address inside a tensor.
 __device__ __forceinline__ void prefetch_l2(void const* p) { asm volatile("prefetch.global.L2 [%0];" : : "l"(p)); }
-
-/// \brief `softplus` as torch computes it (threshold 20), without `log1p`:
-/// \f$\max(x, 0) + \log(1 + t)\f$ with \f$t = e^{-|x|} \in (0, 1]\f$, and \f$\log(1 + t) = t\,p(t)\f$ for
-/// a degree-9 polynomial fit of \f$\log(1 + t) / t\f$ on [0, 1] (Chebyshev, relative error below
-/// \f$1.2 \cdot 10^{-7}\f$ evaluated in fp32). Above 20 the correction is below half an ulp of x, so
-/// the result is x itself, as torch returns.
-/// \param x any float. \return \f$\log(1 + e^x)\f$.
-__device__ __forceinline__ float softplus_fast(float x) {
-  float const t = exp2_approx(-fabsf(x) * log2e);
-  float p = -0.00317605701f;
-  p = fmaf(p, t, 0.0195425265f);
-  p = fmaf(p, t, -0.0563736111f);
-  p = fmaf(p, t, 0.105436236f);
-  p = fmaf(p, t, -0.152696669f);
-  p = fmaf(p, t, 0.196632743f);
-  p = fmaf(p, t, -0.249516159f);
-  p = fmaf(p, t, 0.333297104f);
-  p = fmaf(p, t, -0.499998927f);
-  p = fmaf(p, t, 1.0f);
-  return fmaxf(x, 0.0f) + t * p;
-}
-
-/// \brief `silu` \f$z / (1 + e^{-z})\f$ with `ex2.approx` and `__fdividef`.
-/// \param z any float. \return \f$z\,\sigma(z)\f$.
-__device__ __forceinline__ float silu_fast(float z) { return __fdividef(z, 1.0f + exp2_approx(-z * log2e)); }
 
 /// \brief What one thread reads for `Tokens` consecutive tokens of its channel, kept in storage
 /// type so that the next step can be loaded while this one is processed: u, delta, z, and its

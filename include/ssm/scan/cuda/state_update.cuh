@@ -74,10 +74,11 @@
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
-#include <ssm/scan/selective_scan.hpp>  // exp2_approx, softplus_fast
+#include <ssm/scan/selective_scan.hpp>
 
 namespace ssm {
 
