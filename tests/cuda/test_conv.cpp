@@ -263,9 +263,11 @@ TEMPLATE_TEST_CASE("cuda causal_conv1d: kernel and portable path match the refer
   using T = typename TestType::act;
   using Wt = typename TestType::weight;
   // L = 16, 17, 40: one run of tokens per thread, one more token, several runs; D = 130: two blocks
+  // of the kernel with a channel a thread; D = 8 and 1032: the kernel with 16-byte pieces of
+  // channels in token-major layouts (one piece; two blocks, the second with one piece in f16/bf16)
   for (layout const lay : {layout::channel_major, layout::token_major, layout::in_proj})
     for (std::size_t const B : {1, 3})
-      for (std::size_t const D : {1, 37, 130})
+      for (std::size_t const D : {1, 8, 37, 130, 1032})
         for (std::size_t const L : {0, 1, 2, 7, 16, 17, 40})
           for (std::size_t const W : {1, 2, 3, 4, 8}) compare_forward<T, Wt>(B, D, L, W, lay);
 }

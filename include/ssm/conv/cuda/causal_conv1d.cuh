@@ -7,7 +7,13 @@
 /// the stride over l is D (or 2D for the u half of `in_proj`'s output). So a thread owns one channel
 /// and walks a run of `conv_tokens_per_thread` tokens: at every token the 32 threads of a warp read
 /// and write 32 neighbouring channels, one coalesced access, and the last W-1 inputs stay in
-/// registers. Any other strides are correct too, only not coalesced.
+/// registers. Any other strides are correct too, only not coalesced. Where the layout allows
+/// (`conv_takes_pieces`: stride 1 over d, D a multiple of 8 in 16-bit types, aligned rows), a
+/// thread owns a 16-byte piece of channels instead (`causal_conv1d_pieces_kernel`): one load or
+/// store instruction per token for 8 channels, each value widened once. At the 2.8B shape
+/// (B = 1, D = 5120, L = 2048, W = 4, bf16, in_proj's layout) on an H200 that took the forward
+/// conv from 0.0437 ms (one channel a thread, with the portable `fast_silu`) to 0.0223 ms, and
+/// prefill of 2048 tokens from 30.55 to 29.07 ms.
 ///
 /// **Work.** A block covers `conv_channels_per_block` channels of one run of tokens of one batch
 /// entry. A thread first loads its W-1 inputs before the run (from x, or from `initial_state` for
@@ -30,8 +36,9 @@
 
 #include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/fast_math.cuh>
+#include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
-#include <ssm/core/math.hpp>
 
 namespace ssm {
 
@@ -98,7 +105,7 @@ __global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_kernel(
         float acc = beta;
 #pragma unroll
         for (int k = 0; k < W; ++k) acc += w[k] * v[i + k];
-        out[(l0 + i) * a.out_l] = from_float<T>(a.silu ? fast_silu(acc) : acc);
+        out[(l0 + i) * a.out_l] = from_float<T>(a.silu ? silu_fast(acc) : acc);
       }
     }
     if (l0 == 0 && a.has_final) {
@@ -112,6 +119,90 @@ __global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_kernel(
                                           : from_float<T>(0.0f);
         final_state[k * a.final_k] = value;
       }
+    }
+  }
+}
+
+/// \brief Forward kernel for token-major layouts, a 16-byte piece of channels per thread (8 in the
+/// 16-bit types, 4 floats): thread (piece of channels, run of tokens, batch b). Every load and store
+/// of x and out is one 16-byte access (a warp's, 512 contiguous bytes of a token), and each value
+/// is widened once, into a sliding window of the last W tokens, instead of once per output.
+/// Requires stride 1 over d for x and out, D a multiple of the piece, and 16-byte aligned pieces
+/// (`conv_takes_pieces`); the states keep any strides (read and written value by value).
+/// \tparam W the conv width.
+template <int W, class T, class Wt>
+__global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_pieces_kernel(conv_args<T, Wt> const a) {
+  constexpr int V = piece_values<T>;
+  constexpr int history = W - 1;
+  constexpr int run = conv_tokens_per_thread;
+  int const d0 = (static_cast<int>(blockIdx.x) * conv_channels_per_block + static_cast<int>(threadIdx.x)) * V;
+  if (d0 >= a.channels) return;
+  float w[W][V], beta[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) w[k][j] = to_float(a.weight[(d0 + j) * a.weight_d + k * a.weight_k]);
+    beta[j] = a.has_bias ? to_float(a.bias[(d0 + j) * a.bias_d]) : 0.0f;
+  }
+  std::int64_t const runs = a.length == 0 ? 1 : (a.length + run - 1) / run;
+  for (std::int64_t item = blockIdx.y; item < a.batch * runs; item += gridDim.y) {
+    std::int64_t const b = item / runs;
+    int const l0 = static_cast<int>(item % runs) * run;
+    T const* x = a.x + b * a.x_b + d0;
+    T const* initial = a.has_initial ? a.initial + b * a.initial_b + d0 * a.initial_d : nullptr;
+    // every load of the run in flight at once: the history's pieces (before token 0 they come from
+    // the state, below), then the run's (zero past the end)
+    uint4 raw[history + run];
+#pragma unroll
+    for (int k = 0; k < history + run; ++k) {
+      int const l = l0 - history + k;
+      raw[k] = l >= 0 && l < a.length ? __ldg(reinterpret_cast<uint4 const*>(x + l * a.x_l)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    // window[k] = x̃ at token l0 + i - (W-1) + k for the output i being computed
+    float window[W][V];
+#pragma unroll
+    for (int k = 0; k < history; ++k) {
+      int const l = l0 - history + k;
+      if (l >= 0 || !a.has_initial) {
+        widen_piece<T>(raw[k], window[k]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) window[k][j] = to_float(initial[j * a.initial_d + (l + history) * a.initial_k]);
+      }
+    }
+    T* out = a.out + b * a.out_b + d0;
+#pragma unroll
+    for (int i = 0; i < run; ++i) {
+      widen_piece<T>(raw[history + i], window[history]);
+      if (l0 + i < a.length) {
+        float y[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          float acc = beta[j];
+#pragma unroll
+          for (int k = 0; k < W; ++k) acc = fmaf(w[k][j], window[k][j], acc);
+          y[j] = a.silu ? silu_fast(acc) : acc;
+        }
+        *reinterpret_cast<uint4*>(out + (l0 + i) * a.out_l) = narrow_piece<T>(y);
+      }
+#pragma unroll
+      for (int k = 0; k < history; ++k)
+#pragma unroll
+        for (int j = 0; j < V; ++j) window[k][j] = window[k + 1][j];
+    }
+    if (l0 == 0 && a.has_final) {
+      // as in causal_conv1d_kernel, value by value: final(k) = x̃[L + k], each read before any write
+      T* final_state = a.final_state + b * a.final_b + d0 * a.final_d;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+#pragma unroll
+        for (int k = 0; k < history; ++k) {
+          int const source = a.length + k;
+          T const value = source >= history ? x[(source - history) * a.x_l + j]
+                          : a.has_initial   ? initial[j * a.initial_d + source * a.initial_k]
+                                            : from_float<T>(0.0f);
+          final_state[j * a.final_d + k * a.final_k] = value;
+        }
     }
   }
 }
@@ -157,10 +248,22 @@ __global__ void __launch_bounds__(conv_channels_per_block) causal_conv1d_update_
     float acc = beta;
 #pragma unroll
     for (int k = 0; k < W; ++k) acc += w[k] * to_float(s[k]);
-    a.out[b * a.out_b + d * a.out_d] = from_float<T>(a.silu ? fast_silu(acc) : acc);
+    a.out[b * a.out_b + d * a.out_d] = from_float<T>(a.silu ? silu_fast(acc) : acc);
 #pragma unroll
     for (int k = 0; k < history; ++k) state[k * a.state_k] = s[k + 1];
   }
+}
+
+/// \brief Whether the forward convolution may run as 16-byte pieces of channels
+/// (`causal_conv1d_pieces_kernel`): x and out token-major with stride 1 over d, D a multiple of
+/// the piece, and every piece aligned (the pointers, and the strides over b and l, in whole pieces).
+/// \param a the kernel's arguments. \return the condition.
+template <class T, class Wt>
+bool conv_takes_pieces(conv_args<T, Wt> const& a) {
+  constexpr std::int64_t V = piece_values<T>;
+  auto whole = [](std::int64_t stride) { return stride % V == 0; };
+  return a.x_d == 1 && a.out_d == 1 && a.channels % V == 0 && piece_aligned(a.x) && piece_aligned(a.out) &&
+         whole(a.x_b) && whole(a.x_l) && whole(a.out_b) && whole(a.out_l);
 }
 
 /// \brief Call `f(std::integral_constant<int, W>{})` for a runtime width W in [1, max_conv_width].
@@ -236,11 +339,17 @@ struct causal_conv1d_backend<Kokkos::Cuda> {
 
     constexpr int run = cuda::detail::conv_tokens_per_thread;
     std::int64_t const runs = s.length == 0 ? 1 : (static_cast<std::int64_t>(s.length) + run - 1) / run;
-    dim3 const grid(cuda::blocks_for(s.channels, cuda::detail::conv_channels_per_block),
+    bool const pieces = cuda::detail::conv_takes_pieces(a);
+    std::size_t const threads = pieces ? s.channels / cuda::piece_values<T> : s.channels;
+    dim3 const grid(cuda::blocks_for(threads, cuda::detail::conv_channels_per_block),
                     cuda::detail::grid_y(static_cast<std::int64_t>(s.batch) * runs));
     dim3 const block(cuda::detail::conv_channels_per_block);
     cuda::detail::with_conv_width(static_cast<int>(s.width), [&](auto width) {
-      cuda::detail::causal_conv1d_kernel<decltype(width)::value, T, Wt><<<grid, block, 0, cuda::stream(space)>>>(a);
+      constexpr int W = decltype(width)::value;
+      if (pieces)
+        cuda::detail::causal_conv1d_pieces_kernel<W, T, Wt><<<grid, block, 0, cuda::stream(space)>>>(a);
+      else
+        cuda::detail::causal_conv1d_kernel<W, T, Wt><<<grid, block, 0, cuda::stream(space)>>>(a);
     });
     cuda::check_launch("ssm::causal_conv1d::cuda");
   }
