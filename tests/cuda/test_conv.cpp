@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include <ssm/conv/causal_conv1d.hpp>
 
@@ -152,6 +153,14 @@ void compare_forward(std::size_t B, std::size_t D, std::size_t L, std::size_t W,
   initial.upload();
   auto const weight_d = gpu::to_device(weight);
   auto const bias_d = gpu::to_device(bias);
+  // the same filters with rows W + 1 apart, which the kernels read value by value rather than as
+  // 16-byte pieces; used where initial_state is given
+  host2<Wt> padded("padded weight", D, W + 1);
+  for (std::size_t d = 0; d < D; ++d)
+    for (std::size_t k = 0; k < W; ++k) padded(d, k) = weight(d, k);
+  auto const padded_d = gpu::to_device(padded);
+  ssm::view2<const Wt, gpu::memory> const weight_rows =
+      Kokkos::subview(padded_d, Kokkos::ALL, std::make_pair(std::size_t{0}, W));
 
   for (int options = 0; options < 20; ++options) {
     // 0..15: every combination of the four flags; 16..19: aliased states, with and without bias, SiLU
@@ -176,7 +185,8 @@ void compare_forward(std::size_t B, std::size_t D, std::size_t L, std::size_t W,
       INFO(name(which));
       ssm::causal_conv1d_params<T, Wt, gpu::memory> p;
       p.x = x.on_device();
-      p.weight = weight_d;
+      if (has_initial) p.weight = weight_rows;
+      else p.weight = weight_d;
       if (has_bias) p.bias = bias_d;
       p.silu_activation = silu;
       gpu::poison(out.device);
