@@ -13,6 +13,9 @@
 // `--variants` at other tiles, slices in flight and cluster sizes too, and then for in_proj and
 // out_proj at 16 and 64 rows as well, beside cuBLASLt over 2, 4 or 8 slices of K into fp32
 // partial sums (one strided-batch call, no reduction launch: `partial_products`).
+//
+// `--prefill` instead times the four products of a 2048-token prefill, through ssm::linear and
+// through each algorithm cuBLASLt's heuristic proposes for the shape (`algorithm_sweep`).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -133,9 +136,100 @@ void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
 
 }  // namespace
 
+/// y = x W^T (bf16, fp32 sums) through each of the algorithms cuBLASLt's heuristic proposes for
+/// the shape, not only its first: to see whether the first is the fastest at prefill's sizes.
+class algorithm_sweep {
+ public:
+  /// x (M, K) rows `ldx` apart, W (N, K) and y (M, N) contiguous; up to `wanted` algorithms.
+  algorithm_sweep(int M, int N, int K, int ldx, int wanted) {
+    auto const ok = [](cublasStatus_t status) {
+      if (status != CUBLAS_STATUS_SUCCESS)
+        throw ssm::error("bench_cuda_linear: algorithm sweep: cuBLASLt status " + std::to_string(status));
+    };
+    ok(cublasLtCreate(&handle_));
+    ok(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t const transpose = CUBLAS_OP_T;
+    ok(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
+    ok(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(N), K));
+    ok(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(M), ldx));
+    ok(cublasLtMatrixLayoutCreate(&d_, CUDA_R_16BF, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N));
+    cublasLtMatmulPreference_t preference;
+    ok(cublasLtMatmulPreferenceCreate(&preference));
+    std::uint64_t const bytes = ssm::cuda::cublaslt::workspace_bytes;
+    ok(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &bytes, sizeof bytes));
+    ok(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, d_, d_, preference, std::min(wanted, most), results_,
+                                      &found_));
+    cublasLtMatmulPreferenceDestroy(preference);
+    ssm::cuda::check(cudaMalloc(&workspace_, bytes), "bench_cuda_linear: algorithm sweep: workspace");
+  }
+  algorithm_sweep(algorithm_sweep const&) = delete;
+  algorithm_sweep& operator=(algorithm_sweep const&) = delete;
+  ~algorithm_sweep() {
+    cudaFree(workspace_);
+    cublasLtMatrixLayoutDestroy(a_);
+    cublasLtMatrixLayoutDestroy(b_);
+    cublasLtMatrixLayoutDestroy(d_);
+    cublasLtMatmulDescDestroy(desc_);
+    cublasLtDestroy(handle_);
+  }
+  /// The number of algorithms proposed.
+  int size() const { return found_; }
+  /// Enqueue the product with algorithm `i` (in the heuristic's order).
+  void run(cudaStream_t stream, int i, T const* x, T const* w, T* y) const {
+    float const one = 1.0f, zero = 0.0f;
+    if (cublasLtMatmul(handle_, desc_, &one, w, a_, x, b_, &zero, y, d_, y, d_, &results_[i].algo,
+                       workspace_, ssm::cuda::cublaslt::workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
+      throw ssm::error("bench_cuda_linear: algorithm sweep: cublasLtMatmul");
+  }
+
+ private:
+  cublasLtHandle_t handle_{};
+  cublasLtMatmulDesc_t desc_{};
+  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
+  static constexpr int most = 16;
+  cublasLtMatmulHeuristicResult_t results_[most] = {};
+  int found_ = 0;
+  void* workspace_ = nullptr;
+};
+
+/// Prefill's four products at M = 2048 tokens: ssm::linear, then every algorithm the heuristic
+/// proposes (up to 16), in microseconds and TFLOP/s. dt_proj reads the first R = 160 columns of
+/// x_proj's (M, 192) output, as the mixer does.
+void prefill_sweep(space const& s) {
+  std::printf("| layer | M x N x K | kernel | us | TFLOP/s |\n|---|---|---|---:|---:|\n");
+  struct shape { char const* name; int N, K, ldx; };
+  int const M = 2048;
+  for (auto const& [name, N, K, ldx] : {shape{"in_proj", 10240, 2560, 2560}, shape{"x_proj", 192, 5120, 5120},
+                                        shape{"dt_proj", 5120, 160, 192}, shape{"out_proj", 2560, 5120, 5120}}) {
+    view2 w("w", N, K), x("x", M, ldx), y("y", M, N);
+    fill(w);
+    fill(x);
+    double const flop = 2.0 * M * N * K;
+    auto report = [&](char const* kernel, double ms) {
+      std::printf("| %s | %d x %d x %d | %s | %.1f | %.0f |\n", name, M, N, K, kernel, 1e3 * ms, flop / ms / 1e9);
+    };
+    report("ssm::linear (cuBLASLt, first algorithm)", median_ms(s, [&] {
+             ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), ldx, w.data(), K, nullptr,
+                                                  y.data(), N);
+           }));
+    algorithm_sweep const sweep(M, N, K, ldx, 16);
+    for (int i = 0; i < sweep.size(); ++i) {
+      char label[64];
+      std::snprintf(label, sizeof label, "cuBLASLt algorithm %d of %d", i + 1, sweep.size());
+      report(label, median_ms(s, [&] { sweep.run(ssm::cuda::stream(s), i, x.data(), w.data(), y.data()); }));
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   bool const variants = argc > 1 && std::string_view(argv[1]) == "--variants";
+  bool const prefill = argc > 1 && std::string_view(argv[1]) == "--prefill";
   Kokkos::initialize(argc, argv);
+  if (prefill) {
+    prefill_sweep(space{});
+    Kokkos::finalize();
+    return 0;
+  }
   {
     space s;
     std::size_t const n = std::size_t{1} << 28;
