@@ -22,8 +22,10 @@
 ///
 /// Every rounding is where the op-by-op path stores a value in the activation type T (the
 /// normalised input, u, dt, the conv output), so that both paths compute the same function; only
-/// the order of fp32 sums differs. The transcendental functions are the library's `fast_exp`,
-/// `fast_softplus` and `fast_silu`, as in every path.
+/// the order of fp32 sums differs. `dt_state_update` takes its exponential, softplus and gate
+/// from `ssm/core/cuda/fast_math.cuh` (the special-function unit), as the op-by-op CUDA kernels
+/// do; the conv update in `norm_in_proj_conv` is the host's `conv_update_channel`, with the
+/// portable `fast_silu`.
 ///
 /// (A first version also fused the conv update into x_proj, each block reducing its 64 channels
 /// and the last block to finish adding the partial sums. On an H200 that lone last block's
@@ -37,6 +39,7 @@
 
 #include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
 #include <ssm/core/views.hpp>
@@ -82,7 +85,7 @@ __global__ void __launch_bounds__(step_threads)
     int const r = lane + 32 * i;
     w_dt[i] = r < R ? to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) : 0.0f;
   }
-  float const a_lane = lane < N ? A[static_cast<std::size_t>(d) * N + lane] : 0.0f;
+  float const a2_lane = lane < N ? A[static_cast<std::size_t>(d) * N + lane] * detail::log2e : 0.0f;  // exp(dt A) = 2^(dt A2)
   float const bias = dt_bias[d], d_skip = skip[d];
   wait_for_previous_kernel();
 
@@ -96,22 +99,22 @@ __global__ void __launch_bounds__(step_threads)
   }
   for (int r = lane + 32 * rank_regs; r < R; r += 32)
     dt += to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(row[r]);
-  dt = fast_softplus(round_to<T>(warp_sum(dt)) + bias);
+  dt = detail::softplus_fast(round_to<T>(warp_sum(dt)) + bias);
 
   std::size_t const bd = static_cast<std::size_t>(b) * D + d;
   float const u = to_float(xc[bd]);
   float* h = state + bd * N;
   float out = 0.0f;
   for (int n = lane; n < N; n += 32) {
-    float const a = n < 32 ? a_lane : A[static_cast<std::size_t>(d) * N + n];
-    float const next = fast_exp(dt * a) * h[n] + dt * u * to_float(row[R + n]);
+    float const a2 = n < 32 ? a2_lane : A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
+    float const next = detail::exp2_approx(dt * a2) * h[n] + dt * u * to_float(row[R + n]);
     h[n] = next;
     out += to_float(row[R + N + n]) * next;
   }
   out = warp_sum(out);
   if (lane == 0) {
     out += d_skip * u;
-    out *= fast_silu(to_float(xz[static_cast<std::size_t>(b) * 2 * D + D + d]));
+    out *= detail::silu_fast(to_float(xz[static_cast<std::size_t>(b) * 2 * D + D + d]));
     y[bd] = from_float<T>(out);
   }
 }
