@@ -62,6 +62,35 @@ void gemv_variant(space const& s, variant v, int N, int K, view2 const& x, view2
   else with_depth(integral_constant<int, 4>{});
 }
 
+/// What the two cuBLASLt setups below share: the handle, the descriptor of y^T = W^T' x^T with
+/// fp32 sums (A = W, transposed), and the layouts of A, B = x and D = y, which the owner creates
+/// and this destroys.
+struct lt_product {
+  explicit lt_product(char const* name) : what(name) {
+    ok(cublasLtCreate(&handle));
+    ok(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t const transpose = CUBLAS_OP_T;
+    ok(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
+  }
+  lt_product(lt_product const&) = delete;
+  lt_product& operator=(lt_product const&) = delete;
+  ~lt_product() {
+    for (auto layout : {a, b, d})
+      if (layout) cublasLtMatrixLayoutDestroy(layout);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(handle);
+  }
+  /// Throw naming the setup when a cuBLASLt call fails.
+  void ok(cublasStatus_t status) const {
+    if (status != CUBLAS_STATUS_SUCCESS) throw ssm::error(std::string(what) + ": cuBLASLt status " + std::to_string(status));
+  }
+
+  char const* what;
+  cublasLtHandle_t handle{};
+  cublasLtMatmulDesc_t desc{};
+  cublasLtMatrixLayout_t a{}, b{}, d{};
+};
+
 /// y = x W^T as S products over slices of K, each into its own fp32 (M, N) partial: one
 /// strided-batch cuBLASLt call and no launch to add the slices. What a decoding step's out_proj
 /// could hand to the next layer's RMSNorm, which would add the partials with the residual; timed
@@ -69,14 +98,7 @@ void gemv_variant(space const& s, variant v, int N, int K, view2 const& x, view2
 class partial_products {
  public:
   partial_products(int M, int N, int K, std::int32_t S) {
-    char const* what = "bench_cuda_linear: partial products";
-    auto const ok = [&](cublasStatus_t status) {
-      if (status != CUBLAS_STATUS_SUCCESS) throw ssm::error(std::string(what) + ": cuBLASLt status " + std::to_string(status));
-    };
-    ok(cublasLtCreate(&handle_));
-    ok(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t const transpose = CUBLAS_OP_T;
-    ok(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
+    auto const ok = [&](cublasStatus_t status) { lt_.ok(status); };
     auto const slice = static_cast<std::uint64_t>(K / S);
     auto const batched = [&](cublasLtMatrixLayout_t& layout, cudaDataType_t type, std::uint64_t rows,
                              std::uint64_t cols, std::int64_t ld, std::int64_t stride) {
@@ -84,42 +106,33 @@ class partial_products {
       ok(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &S, sizeof S));
       ok(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
     };
-    batched(a_, CUDA_R_16BF, slice, static_cast<std::uint64_t>(N), K, static_cast<std::int64_t>(slice));
-    batched(b_, CUDA_R_16BF, slice, static_cast<std::uint64_t>(M), K, static_cast<std::int64_t>(slice));
-    batched(d_, CUDA_R_32F, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N,
+    batched(lt_.a, CUDA_R_16BF, slice, static_cast<std::uint64_t>(N), K, static_cast<std::int64_t>(slice));
+    batched(lt_.b, CUDA_R_16BF, slice, static_cast<std::uint64_t>(M), K, static_cast<std::int64_t>(slice));
+    batched(lt_.d, CUDA_R_32F, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N,
             static_cast<std::int64_t>(M) * N);
     cublasLtMatmulPreference_t preference;
     ok(cublasLtMatmulPreferenceCreate(&preference));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    ok(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, d_, d_, preference, 1, &result, &found));
+    ok(cublasLtMatmulAlgoGetHeuristic(lt_.handle, lt_.desc, lt_.a, lt_.b, lt_.d, lt_.d, preference, 1, &result, &found));
     cublasLtMatmulPreferenceDestroy(preference);
-    if (found == 0) throw ssm::error(std::string(what) + ": no algorithm");
+    if (found == 0) throw ssm::error(std::string(lt_.what) + ": no algorithm");
     algo_ = result.algo;
-    ssm::cuda::check(cudaMalloc(&partials_, sizeof(float) * static_cast<std::size_t>(S) * M * N), what);
+    ssm::cuda::check(cudaMalloc(&partials_, sizeof(float) * static_cast<std::size_t>(S) * M * N), lt_.what);
   }
   partial_products(partial_products const&) = delete;
   partial_products& operator=(partial_products const&) = delete;
-  ~partial_products() {
-    cudaFree(partials_);
-    cublasLtMatrixLayoutDestroy(a_);
-    cublasLtMatrixLayoutDestroy(b_);
-    cublasLtMatrixLayoutDestroy(d_);
-    cublasLtMatmulDescDestroy(desc_);
-    cublasLtDestroy(handle_);
-  }
+  ~partial_products() { cudaFree(partials_); }
   /// Enqueue the S products of x (M, K) and w (N, K), both with rows K apart.
   void run(cudaStream_t stream, T const* x, T const* w) const {
     float const one = 1.0f, zero = 0.0f;
-    if (cublasLtMatmul(handle_, desc_, &one, w, a_, x, b_, &zero, partials_, d_, partials_, d_, &algo_, nullptr, 0,
-                       stream) != CUBLAS_STATUS_SUCCESS)
+    if (cublasLtMatmul(lt_.handle, lt_.desc, &one, w, lt_.a, x, lt_.b, &zero, partials_, lt_.d, partials_, lt_.d, &algo_,
+                       nullptr, 0, stream) != CUBLAS_STATUS_SUCCESS)
       throw ssm::error("bench_cuda_linear: partial products: cublasLtMatmul");
   }
 
  private:
-  cublasLtHandle_t handle_{};
-  cublasLtMatmulDesc_t desc_{};
-  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
+  lt_product lt_{"bench_cuda_linear: partial products"};
   cublasLtMatmulAlgo_t algo_{};
   float* partials_ = nullptr;
 };
@@ -142,50 +155,34 @@ class algorithm_sweep {
  public:
   /// x (M, K) rows `ldx` apart, W (N, K) and y (M, N) contiguous; up to `wanted` algorithms.
   algorithm_sweep(int M, int N, int K, int ldx, int wanted) {
-    auto const ok = [](cublasStatus_t status) {
-      if (status != CUBLAS_STATUS_SUCCESS)
-        throw ssm::error("bench_cuda_linear: algorithm sweep: cuBLASLt status " + std::to_string(status));
-    };
-    ok(cublasLtCreate(&handle_));
-    ok(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t const transpose = CUBLAS_OP_T;
-    ok(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose));
-    ok(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(N), K));
-    ok(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(M), ldx));
-    ok(cublasLtMatrixLayoutCreate(&d_, CUDA_R_16BF, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N));
+    auto const ok = [&](cublasStatus_t status) { lt_.ok(status); };
+    ok(cublasLtMatrixLayoutCreate(&lt_.a, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(N), K));
+    ok(cublasLtMatrixLayoutCreate(&lt_.b, CUDA_R_16BF, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(M), ldx));
+    ok(cublasLtMatrixLayoutCreate(&lt_.d, CUDA_R_16BF, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), N));
     cublasLtMatmulPreference_t preference;
     ok(cublasLtMatmulPreferenceCreate(&preference));
     std::uint64_t const bytes = ssm::cuda::cublaslt::workspace_bytes;
     ok(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &bytes, sizeof bytes));
-    ok(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, a_, b_, d_, d_, preference, std::min(wanted, most), results_,
-                                      &found_));
+    ok(cublasLtMatmulAlgoGetHeuristic(lt_.handle, lt_.desc, lt_.a, lt_.b, lt_.d, lt_.d, preference, std::min(wanted, most),
+                                      results_, &found_));
     cublasLtMatmulPreferenceDestroy(preference);
     ssm::cuda::check(cudaMalloc(&workspace_, bytes), "bench_cuda_linear: algorithm sweep: workspace");
   }
   algorithm_sweep(algorithm_sweep const&) = delete;
   algorithm_sweep& operator=(algorithm_sweep const&) = delete;
-  ~algorithm_sweep() {
-    cudaFree(workspace_);
-    cublasLtMatrixLayoutDestroy(a_);
-    cublasLtMatrixLayoutDestroy(b_);
-    cublasLtMatrixLayoutDestroy(d_);
-    cublasLtMatmulDescDestroy(desc_);
-    cublasLtDestroy(handle_);
-  }
+  ~algorithm_sweep() { cudaFree(workspace_); }
   /// The number of algorithms proposed.
   int size() const { return found_; }
   /// Enqueue the product with algorithm `i` (in the heuristic's order).
   void run(cudaStream_t stream, int i, T const* x, T const* w, T* y) const {
     float const one = 1.0f, zero = 0.0f;
-    if (cublasLtMatmul(handle_, desc_, &one, w, a_, x, b_, &zero, y, d_, y, d_, &results_[i].algo,
+    if (cublasLtMatmul(lt_.handle, lt_.desc, &one, w, lt_.a, x, lt_.b, &zero, y, lt_.d, y, lt_.d, &results_[i].algo,
                        workspace_, ssm::cuda::cublaslt::workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
       throw ssm::error("bench_cuda_linear: algorithm sweep: cublasLtMatmul");
   }
 
  private:
-  cublasLtHandle_t handle_{};
-  cublasLtMatmulDesc_t desc_{};
-  cublasLtMatrixLayout_t a_{}, b_{}, d_{};
+  lt_product lt_{"bench_cuda_linear: algorithm sweep"};
   static constexpr int most = 16;
   cublasLtMatmulHeuristicResult_t results_[most] = {};
   int found_ = 0;
