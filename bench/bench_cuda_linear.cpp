@@ -15,11 +15,14 @@
 // partial sums (one strided-batch call, no reduction launch: `partial_products`).
 //
 // `--prefill` instead times the four products of a 2048-token prefill, through ssm::linear and
-// through each algorithm cuBLASLt's heuristic proposes for the shape (`algorithm_sweep`).
+// through each algorithm cuBLASLt's heuristic proposes for the shape (`algorithm_sweep`);
+// `--decode` the cuBLASLt products of a decoding step at 8, 16 and 64 rows, through those
+// algorithms and through the first two with K split other ways (`decode_sweep`).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -174,11 +177,39 @@ class algorithm_sweep {
   /// The number of algorithms proposed.
   int size() const { return found_; }
   /// Enqueue the product with algorithm `i` (in the heuristic's order).
-  void run(cudaStream_t stream, int i, T const* x, T const* w, T* y) const {
+  void run(cudaStream_t stream, int i, T const* x, T const* w, T* y) const { run(stream, results_[i].algo, x, w, y); }
+  /// Enqueue the product with `algo`.
+  void run(cudaStream_t stream, cublasLtMatmulAlgo_t const& algo, T const* x, T const* w, T* y) const {
     float const one = 1.0f, zero = 0.0f;
-    if (cublasLtMatmul(lt_.handle, lt_.desc, &one, w, lt_.a, x, lt_.b, &zero, y, lt_.d, y, lt_.d, &results_[i].algo,
-                       workspace_, ssm::cuda::cublaslt::workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
+    if (cublasLtMatmul(lt_.handle, lt_.desc, &one, w, lt_.a, x, lt_.b, &zero, y, lt_.d, y, lt_.d, &algo, workspace_,
+                       ssm::cuda::cublaslt::workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
       throw ssm::error("bench_cuda_linear: algorithm sweep: cublasLtMatmul");
+  }
+  /// Algorithm `i` as proposed.
+  cublasLtMatmulAlgo_t const& algorithm(int i) const { return results_[i].algo; }
+  /// Algorithm `i` with K split `splits` ways, the slices added in fp32 in the workspace by a
+  /// second kernel (1: no split), if cuBLASLt accepts that configuration for the shape.
+  std::optional<cublasLtMatmulAlgo_t> with_split(int i, std::uint32_t splits) const {
+    cublasLtMatmulAlgo_t algo = results_[i].algo;
+    auto const scheme = static_cast<std::uint32_t>(splits > 1 ? CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                                                              : CUBLASLT_REDUCTION_SCHEME_NONE);
+    cublasLtMatmulHeuristicResult_t check{};
+    if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof splits) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoCheck(lt_.handle, lt_.desc, lt_.a, lt_.b, lt_.d, lt_.d, &algo, &check) != CUBLAS_STATUS_SUCCESS ||
+        check.workspaceSize > ssm::cuda::cublaslt::workspace_bytes)
+      return std::nullopt;
+    return algo;
+  }
+  /// A configuration's tile, K splits and reduction scheme, as cuBLASLt numbers them.
+  static std::string describe(cublasLtMatmulAlgo_t const& algo) {
+    std::uint32_t tile = 0, splits = 0, scheme = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof splits, nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme, nullptr);
+    return "tile " + std::to_string(tile) + ", split K " + std::to_string(splits) + ", reduction " + std::to_string(scheme);
   }
 
  private:
@@ -218,12 +249,58 @@ void prefill_sweep(space const& s) {
   }
 }
 
+/// A decoding step's cuBLASLt products (in_proj, out_proj, and dt_proj reading x_proj's (M, 192)
+/// output) at 8, 16 and 64 rows, as the step sees them (a graph of back-to-back launches, each on
+/// its own copy of the weights): ssm::linear, each algorithm the heuristic proposes (up to 8),
+/// and the first two with K split 1 to 16 ways, in microseconds and weight bytes per second.
+void decode_sweep(space const& s) {
+  std::printf("| layer | rows | algorithm | us | weights GB/s |\n|---|---:|---|---:|---:|\n");
+  struct shape { char const* name; int N, K, ldx; };
+  for (auto const& [name, N, K, ldx] : {shape{"in_proj", 10240, 2560, 2560}, shape{"out_proj", 2560, 5120, 5120},
+                                        shape{"dt_proj", 5120, 160, 192}}) {
+    double const bytes = 2.0 * N * K;
+    int const copies = static_cast<int>(std::max(4.0, 1.2e9 / bytes));
+    std::vector<view2> ws;
+    for (int i = 0; i < copies; ++i) {
+      ws.emplace_back("w", N, K);
+      fill(ws.back());
+    }
+    view2 x("x", 64, ldx), y("y", 64, N);
+    fill(x);
+    for (int M : {8, 16, 64}) {
+      auto report = [&](std::string const& label, std::function<void(view2 const&)> const& one) {
+        double const us = 1e3 * graph_ms(s, [&] {
+                            for (auto const& w : ws) one(w);
+                          }) / copies;
+        std::printf("| %s | %d | %s | %.2f | %.0f |\n", name, M, label.c_str(), us, bytes / us / 1e3);
+      };
+      cudaStream_t const stream = ssm::cuda::stream(s);
+      report("ssm::linear", [&](view2 const& w) {
+        ssm::cuda::cublaslt::get().linear<T>(stream, M, N, K, x.data(), ldx, w.data(), K, nullptr, y.data(), N);
+      });
+      algorithm_sweep const sweep(M, N, K, ldx, 8);
+      for (int i = 0; i < sweep.size(); ++i)
+        report("heuristic " + std::to_string(i + 1) + " (" + algorithm_sweep::describe(sweep.algorithm(i)) + ")",
+               [&](view2 const& w) { sweep.run(stream, i, x.data(), w.data(), y.data()); });
+      for (int i = 0; i < std::min(2, sweep.size()); ++i)
+        for (std::uint32_t splits : {1u, 2u, 3u, 4u, 6u, 8u, 12u, 16u}) {
+          auto const algo = sweep.with_split(i, splits);
+          if (!algo) continue;
+          report("heuristic " + std::to_string(i + 1) + " as " + algorithm_sweep::describe(*algo),
+                 [&](view2 const& w) { sweep.run(stream, *algo, x.data(), w.data(), y.data()); });
+        }
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   bool const variants = argc > 1 && std::string_view(argv[1]) == "--variants";
   bool const prefill = argc > 1 && std::string_view(argv[1]) == "--prefill";
+  bool const decode = argc > 1 && std::string_view(argv[1]) == "--decode";
   Kokkos::initialize(argc, argv);
-  if (prefill) {
-    prefill_sweep(space{});
+  if (prefill || decode) {
+    if (prefill) prefill_sweep(space{});
+    else decode_sweep(space{});
     Kokkos::finalize();
     return 0;
   }
