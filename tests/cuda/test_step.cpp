@@ -142,6 +142,9 @@ void block_sweep() {
   compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 8, 2);  // R beyond the registers of dt_state_update
   compare_block<T, Wt>(shape(32, 64, 1, 1, 1, false), 2, 3);      // N = 1, W = 1: no conv state
   compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 9, 2);     // more sequences than the fused block takes
+  compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 1, 3);    // W = 3, no biases
+  compare_block<T, Wt>(shape(64, 128, 16, 1, 8, true), 1, 2);     // W = 1: no conv state
+  compare_block<T, Wt>(shape(64, 128, 16, 5, 8, true), 1, 3);     // a filter wider than the fused block takes
   // each in_proj kernel the backend may choose; 2D = 2048 outputs, not a multiple of 5 or 6 warps' worth
   struct restore_choice {
     ~restore_choice() { mamba_block_step_backend<gpu::space>::force_in_proj_rows = 0; }

@@ -8,7 +8,8 @@
 /// 1. `norm_in_proj_conv`: in_proj as the weight-streaming matrix-vector product
 ///    (`ssm/linear/cuda/gemv.cuh`), each block first normalising residual + hidden into shared
 ///    memory for itself (a few kilobytes from L2), and the thread that finishes u[d] advancing
-///    channel d's conv state and writing its output;
+///    channel d's conv state and writing its output (with the channel's filter read before the
+///    wait for the previous kernel and its past inputs right after it);
 /// 2. x_proj, the matrix-vector product;
 /// 3. `dt_state_update`: a warp per (sequence, channel) takes dt_proj's dot product over the R
 ///    low-rank inputs across its lanes, then the N state updates, then C·h; lane 0 adds D·u and
@@ -24,8 +25,8 @@
 /// normalised input, u, dt, the conv output), so that both paths compute the same function; only
 /// the order of fp32 sums differs. `dt_state_update` takes its exponential, softplus and gate
 /// from `ssm/core/cuda/fast_math.cuh` (the special-function unit), as the op-by-op CUDA kernels
-/// do; the conv update in `norm_in_proj_conv` is the host's `conv_update_channel`, with the
-/// portable `fast_silu`.
+/// do, and so does the conv update in `norm_in_proj_conv`, otherwise the host's
+/// `conv_update_channel`.
 ///
 /// (A first version also fused the conv update into x_proj, each block reducing its 64 channels
 /// and the last block to finish adding the partial sums. On an H200 that lone last block's
@@ -119,6 +120,10 @@ __global__ void __launch_bounds__(step_threads)
   }
 }
 
+/// \brief The widest conv filter `norm_in_proj_conv` takes (its filter and past inputs live in
+/// registers): Mamba's width, 4.
+inline constexpr int max_fused_conv_width = 4;
+
 /// \brief What `norm_in_proj_conv` and `out_proj_residual` read and write (see the file comment).
 template <class T, class Wt>
 struct block_step_args {
@@ -152,9 +157,29 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
   constexpr int vec = 16 / sizeof(Wt);
   extern __shared__ uint4 shared_rows[];
   T* const normed = reinterpret_cast<T*>(shared_rows);  // (M, E)
-  int const E = a.E, D = a.D;
+  int const E = a.E, D = a.D, W = a.W;
+  // The lane that will finish u[n] of sequence m (see `gemv_block`) advances channel n's conv:
+  // its filter and bias are read before the wait, its past inputs right after it, so that none
+  // of them is a round trip to memory at the end, where the block's last outputs wait for it.
+  int const lane = static_cast<int>(threadIdx.x) % 32;
+  int const n_own = gemv_first_output<Rows>(split) + lane / M, m_own = lane % M;
+  bool const convolves = static_cast<int>(threadIdx.x) / 32 % split == 0 && lane < Rows * M && n_own < D;
+  T* const conv_state = convolves ? a.conv_state + (static_cast<std::size_t>(m_own) * D + n_own) * (W - 1) : nullptr;
+  float filter[max_fused_conv_width] = {}, conv_bias = 0.0f;
+  T past[max_fused_conv_width - 1];
+  if (convolves) {
+#pragma unroll
+    for (int k = 0; k < max_fused_conv_width; ++k)
+      if (k < W) filter[k] = to_float(a.conv_weight[static_cast<std::size_t>(n_own) * W + k]);
+    if (a.conv_bias) conv_bias = to_float(a.conv_bias[n_own]);
+  }
   auto normalise = [&] {
     wait_for_previous_kernel();
+    if (convolves) {
+#pragma unroll
+      for (int k = 0; k + 1 < max_fused_conv_width; ++k)
+        if (k + 1 < W) past[k] = conv_state[k];
+    }
     float squares[M] = {};
 #pragma unroll
     for (int m = 0; m < M; ++m)
@@ -186,18 +211,24 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
 #pragma unroll
     for (int j = 0; j < vec; ++j) out[j] = to_float(normed[m * E + p * vec + j]);
   };
-  auto store = [&](int m, int n, float sum) {
+  auto store = [&](int m, int n, float sum) {  // called by the lane with n = n_own, m = m_own
     if (a.in_bias) sum += to_float(a.in_bias[n]);
     T const v = from_float<T>(sum);
     a.xz[static_cast<std::size_t>(m) * 2 * D + n] = v;
     if (n >= D) return;  // z
-    // the conv update of channel n
-    int const W = a.W;
-    T* const state = a.conv_state + (static_cast<std::size_t>(m) * D + n) * (W - 1);
-    float const bias = a.conv_bias ? to_float(a.conv_bias[n]) : 0.0f;
-    a.xc[static_cast<std::size_t>(m) * D + n] =
-        ssm::detail::conv_update_channel(a.conv_weight + static_cast<std::size_t>(n) * W, 1, state, 1, W, bias, v,
-                                         true);
+    // the conv update of channel n, as `ssm::detail::conv_update_channel` computes it
+    float acc = conv_bias;
+#pragma unroll
+    for (int k = 0; k + 1 < max_fused_conv_width; ++k)
+      if (k + 1 < W) acc += filter[k] * to_float(past[k]);
+#pragma unroll
+    for (int k = 0; k < max_fused_conv_width; ++k)
+      if (k == W - 1) acc += filter[k] * to_float(v);
+#pragma unroll
+    for (int k = 0; k + 2 < max_fused_conv_width; ++k)
+      if (k + 2 < W) conv_state[k] = past[k + 1];
+    if (W > 1) conv_state[W - 2] = v;
+    a.xc[static_cast<std::size_t>(m) * D + n] = from_float<T>(detail::silu_fast(acc));
   };
   gemv_block<M, Rows, Depth>(a.in_proj, E, 2 * D, E, split, normalise, activations, store);
 }
@@ -318,7 +349,8 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
   /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
   /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
   /// step made the 2.8B model 3x slower on an H200), whole aligned 16-byte pieces of every row the
-  /// matrix-vector products read, and the normalised row within 48 KiB.
+  /// matrix-vector products read, the normalised row within 48 KiB, and a conv filter of at most
+  /// `max_fused_conv_width` taps.
   /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
   /// \param c the block's sizes. \param p the tensors.
   /// \return true if `run` takes it.
@@ -333,7 +365,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       bool const pieces = E % vec == 0 && D % vec == 0;
       bool const aligned = cuda::aligned(p.mixer.y, 16) && cuda::aligned(w.in_proj_weight.data(), 16) &&
                            cuda::aligned(w.out_proj_weight.data(), 16);
-      return B == 1 && pieces && aligned &&
+      return B == 1 && pieces && aligned && c.d_conv <= cuda::kernels::max_fused_conv_width &&
              B * E * sizeof(T) <= 48 * 1024;
     }
   }

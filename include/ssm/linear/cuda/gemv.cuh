@@ -48,6 +48,16 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
   }
 }
 
+/// \brief The first of the `Rows` consecutive outputs that the calling warp computes in
+/// `gemv_block`, with K split `split` ways (its lanes below `Rows * M` store them, row r = lane / M
+/// and activation row m = lane % M, in the warps of slice 0: warp % split == 0).
+/// \tparam Rows outputs per warp. \param split warps per output. \return the output.
+template <int Rows>
+__device__ inline int gemv_first_output(int split) {
+  int const warp = static_cast<int>(threadIdx.x) / 32, groups_per_block = (gemv_threads / 32) / split;
+  return (static_cast<int>(blockIdx.x) * groups_per_block + warp / split) * Rows;
+}
+
 /// \brief The body of the matrix-vector kernels: one block's outputs of y (M, N) = x (M, K) W^T,
 /// fp32 sums; K a multiple of 16 / sizeof(Wt).
 ///
@@ -70,8 +80,7 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
   static_assert(M * Rows <= 32, "one lane stores each of a warp's outputs");
   constexpr int vec = 16 / sizeof(Wt);  // weights per 16-byte load
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  int const groups_per_block = (gemv_threads / 32) / split;
-  int const n0 = (static_cast<int>(blockIdx.x) * groups_per_block + warp / split) * Rows;
+  int const n0 = gemv_first_output<Rows>(split);
   int const part = warp % split;
   float acc[Rows][M] = {};
   // Weights are read in batches of `depth` pieces per lane, the next batch in flight while the
