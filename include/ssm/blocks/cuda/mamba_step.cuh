@@ -90,24 +90,40 @@ __global__ void __launch_bounds__(step_threads)
   float const bias = dt_bias[d], d_skip = skip[d];
   wait_for_previous_kernel();
 
+  // Then, at once, everything the earlier kernels of the step wrote that the warp reads (x_proj's
+  // row, u, z and the first 32 states), so that the step waits for memory once, not at each use.
   int const xw = R + 2 * N;
   T const* row = x_dbl + static_cast<std::size_t>(b) * xw;  // dt_low, then B, then C
-  float dt = 0.0f;
+  std::size_t const bd = static_cast<std::size_t>(b) * D + d;
+  float* h = state + bd * N;
+  T low[rank_regs];
 #pragma unroll
   for (int i = 0; i < rank_regs; ++i) {
     int const r = lane + 32 * i;
-    if (r < R) dt += w_dt[i] * to_float(row[r]);
+    low[i] = row[r < R ? r : 0];
   }
+  bool const has_state = lane < N;
+  T const B_lane = row[R + (has_state ? lane : 0)], C_lane = row[R + N + (has_state ? lane : 0)];
+  T const u_raw = xc[bd], z_raw = xz[static_cast<std::size_t>(b) * 2 * D + D + d];
+  float const h_lane = has_state ? h[lane] : 0.0f;
+
+  float dt = 0.0f;
+#pragma unroll
+  for (int i = 0; i < rank_regs; ++i)
+    if (lane + 32 * i < R) dt += w_dt[i] * to_float(low[i]);
   for (int r = lane + 32 * rank_regs; r < R; r += 32)
     dt += to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(row[r]);
   dt = detail::softplus_fast(round_to<T>(warp_sum(dt)) + bias);
 
-  std::size_t const bd = static_cast<std::size_t>(b) * D + d;
-  float const u = to_float(xc[bd]);
-  float* h = state + bd * N;
+  float const u = to_float(u_raw);
   float out = 0.0f;
-  for (int n = lane; n < N; n += 32) {
-    float const a2 = n < 32 ? a2_lane : A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
+  if (has_state) {
+    float const next = detail::exp2_approx(dt * a2_lane) * h_lane + dt * u * to_float(B_lane);
+    h[lane] = next;
+    out = to_float(C_lane) * next;
+  }
+  for (int n = lane + 32; n < N; n += 32) {
+    float const a2 = A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
     float const next = detail::exp2_approx(dt * a2) * h[n] + dt * u * to_float(row[R + n]);
     h[n] = next;
     out += to_float(row[R + N + n]) * next;
@@ -115,7 +131,7 @@ __global__ void __launch_bounds__(step_threads)
   out = warp_sum(out);
   if (lane == 0) {
     out += d_skip * u;
-    out *= detail::silu_fast(to_float(xz[static_cast<std::size_t>(b) * 2 * D + D + d]));
+    out *= detail::silu_fast(to_float(z_raw));
     y[bd] = from_float<T>(out);
   }
 }
