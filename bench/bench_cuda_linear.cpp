@@ -249,6 +249,25 @@ void prefill_sweep(space const& s) {
   }
 }
 
+/// Copies of an (N, K) weight matrix of random values, together several times the L2 (at least
+/// 4), so that launches back to back each read their own from memory.
+std::vector<view2> weight_copies(int N, int K) {
+  int const copies = static_cast<int>(std::max(4.0, 1.2e9 / (2.0 * N * K)));
+  std::vector<view2> ws;
+  for (int i = 0; i < copies; ++i) {
+    ws.emplace_back("w", N, K);
+    fill(ws.back());
+  }
+  return ws;
+}
+
+/// Microseconds a launch of `one`, run on each of `ws` back to back in a CUDA graph.
+double us_per_launch(space const& s, std::vector<view2> const& ws, std::function<void(view2 const&)> const& one) {
+  return 1e3 * graph_ms(s, [&] {
+           for (auto const& w : ws) one(w);
+         }) / static_cast<double>(ws.size());
+}
+
 /// A decoding step's cuBLASLt products (in_proj, out_proj, and dt_proj reading x_proj's (M, 192)
 /// output) at 8, 16 and 64 rows, as the step sees them (a graph of back-to-back launches, each on
 /// its own copy of the weights): ssm::linear, each algorithm the heuristic proposes (up to 8),
@@ -259,19 +278,12 @@ void decode_sweep(space const& s) {
   for (auto const& [name, N, K, ldx] : {shape{"in_proj", 10240, 2560, 2560}, shape{"out_proj", 2560, 5120, 5120},
                                         shape{"dt_proj", 5120, 160, 192}}) {
     double const bytes = 2.0 * N * K;
-    int const copies = static_cast<int>(std::max(4.0, 1.2e9 / bytes));
-    std::vector<view2> ws;
-    for (int i = 0; i < copies; ++i) {
-      ws.emplace_back("w", N, K);
-      fill(ws.back());
-    }
+    std::vector<view2> const ws = weight_copies(N, K);
     view2 x("x", 64, ldx), y("y", 64, N);
     fill(x);
     for (int M : {8, 16, 64}) {
       auto report = [&](std::string const& label, std::function<void(view2 const&)> const& one) {
-        double const us = 1e3 * graph_ms(s, [&] {
-                            for (auto const& w : ws) one(w);
-                          }) / copies;
+        double const us = us_per_launch(s, ws, one);
         std::printf("| %s | %d | %s | %.2f | %.0f |\n", name, M, label.c_str(), us, bytes / us / 1e3);
       };
       cudaStream_t const stream = ssm::cuda::stream(s);
@@ -341,18 +353,11 @@ int main(int argc, char** argv) {
     for (auto const& [name, N, K] : {shape{"in_proj", 10240, 2560}, shape{"x_proj", 192, 5120},
                                      shape{"out_proj", 2560, 5120}, shape{"lm_head", 50280, 2560}}) {
       double const bytes = 2.0 * N * K;
-      int const copies = static_cast<int>(std::max(4.0, 1.2e9 / bytes));
-      std::vector<view2> ws;
-      for (int i = 0; i < copies; ++i) {
-        ws.emplace_back("w", N, K);
-        fill(ws.back());
-      }
+      std::vector<view2> const ws = weight_copies(N, K);
       view2 x("x", 64, K), y("y", 64, N);
       fill(x);
       auto report = [&](int M, char const* kernel, std::function<void(view2 const&)> const& one) {
-        double const us = 1e3 * graph_ms(s, [&] {
-                            for (auto const& w : ws) one(w);
-                          }) / copies;
+        double const us = us_per_launch(s, ws, one);
         double const GBps = bytes / us / 1e3;
         std::printf("| %s | %d | %s | %.2f | %.0f | %.0f%% |\n", name, M, kernel, us, GBps, 100.0 * GBps / copy_GBps);
       };
