@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     T const v = from_float<T>(sum);
     a.xz[static_cast<std::size_t>(m) * 2 * D + n] = v;
     if (n >= D) return;  // z
-    // the conv update of channel n, as `ssm::detail::conv_update_channel` computes it
+    // the conv update of channel n: `ssm::detail::conv_update_channel`'s sums, the special-function silu
     float acc = conv_bias;
 #pragma unroll
     for (int k = 0; k + 1 < max_fused_conv_width; ++k)
