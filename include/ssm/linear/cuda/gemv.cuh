@@ -51,10 +51,11 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
 /// \brief The first of the `Rows` consecutive outputs that the calling warp computes in
 /// `gemv_block`, with K split `split` ways (its lanes below `Rows * M` store them, row r = lane / M
 /// and activation row m = lane % M, in the warps of slice 0: warp % split == 0).
-/// \tparam Rows outputs per warp. \param split warps per output. \return the output.
-template <int Rows>
+/// \tparam Rows outputs per warp. \tparam Threads threads per block.
+/// \param split warps per output. \return the output.
+template <int Rows, int Threads = gemv_threads>
 __device__ inline int gemv_first_output(int split) {
-  int const warp = static_cast<int>(threadIdx.x) / 32, groups_per_block = (gemv_threads / 32) / split;
+  int const warp = static_cast<int>(threadIdx.x) / 32, groups_per_block = (Threads / 32) / split;
   return (static_cast<int>(blockIdx.x) * groups_per_block + warp / split) * Rows;
 }
 
@@ -73,14 +74,16 @@ __device__ inline int gemv_first_output(int split) {
 /// - `store(m, n, sum)` takes each finished output, called by one thread per (m, n).
 /// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (M * Rows <= 32).
 /// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
-/// \tparam Wt weight type.
-template <int M, int Rows, int Depth, class Wt, class Prologue, class Activations, class Store>
+/// \tparam Threads threads per block, a multiple of 32 `split` (`gemv_threads` unless a fused
+/// kernel chooses otherwise). \tparam Wt weight type.
+template <int M, int Rows, int Depth, int Threads = gemv_threads, class Wt, class Prologue, class Activations,
+          class Store>
 __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, int N, int K, int split,
                                   Prologue&& prologue, Activations&& activations, Store&& store) {
   static_assert(M * Rows <= 32, "one lane stores each of a warp's outputs");
   constexpr int vec = 16 / sizeof(Wt);  // weights per 16-byte load
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  int const n0 = gemv_first_output<Rows>(split);
+  int const n0 = gemv_first_output<Rows, Threads>(split);
   int const part = warp % split;
   float acc[Rows][M] = {};
   // Weights are read in batches of `depth` pieces per lane, the next batch in flight while the
@@ -138,7 +141,7 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
 #pragma unroll
     for (int m = 0; m < M; ++m)
       for (int offset = 16; offset > 0; offset /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], offset);
-  __shared__ float partial[gemv_threads / 32][Rows][M];
+  __shared__ float partial[Threads / 32][Rows][M];
   if (lane == 0)
 #pragma unroll
     for (int r = 0; r < Rows; ++r)
