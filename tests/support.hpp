@@ -25,6 +25,14 @@ namespace ssm::test {
 using space = Kokkos::DefaultHostExecutionSpace;  // CUDA builds test the GPU in tests/cuda
 using memory = space::memory_space;
 
+/// The storage types of one instantiation of a templated test: `act` for activations, `weight`
+/// for weights (TEMPLATE_TEST_CASE's `TestType`).
+template <class T, class Wt>
+struct types {
+  using act = T;
+  using weight = Wt;
+};
+
 /// A contiguous host tensor of rank 1 to 4.
 template <class T>
 using host1 = Kokkos::View<T*, Kokkos::LayoutRight, Kokkos::HostSpace>;

@@ -24,13 +24,7 @@ using ssm::test::host1;
 using ssm::test::host2;
 using ssm::test::host3;
 using memory = ssm::test::memory;
-
-/// Activation storage type and weight storage type of one instantiation.
-template <class T, class Wt>
-struct types {
-  using act = T;
-  using weight = Wt;
-};
+using ssm::test::types;
 
 /// The tensors of one convolution, filled with seeded values in [-1, 1).
 template <class T, class Wt>

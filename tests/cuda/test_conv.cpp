@@ -22,13 +22,7 @@ namespace gpu = ssm::test::gpu;
 using ssm::test::host1;
 using ssm::test::host2;
 using ssm::test::host3;
-
-/// Activation storage type and weight storage type of one instantiation.
-template <class T, class Wt>
-struct types {
-  using act = T;
-  using weight = Wt;
-};
+using ssm::test::types;
 
 /// Where the channels and tokens of a (B, D, L) activation, and of a (B, D, W-1) state, lie.
 enum class layout {

@@ -21,12 +21,7 @@ namespace {
 namespace gpu = ssm::test::gpu;
 using ssm::test::host1;
 using ssm::test::host2;
-
-template <class T, class Wt>
-struct types {
-  using act = T;
-  using weight = Wt;
-};
+using ssm::test::types;
 
 /// Where the rows and features of the (M, E) tensors, and of the weight (E), lie.
 enum class layout {

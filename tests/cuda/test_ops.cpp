@@ -21,12 +21,7 @@ namespace gpu = ssm::test::gpu;
 using ssm::test::host1;
 using ssm::test::host2;
 using ssm::test::host3;
-
-template <class T, class Wt>
-struct types {
-  using act = T;
-  using weight = Wt;
-};
+using ssm::test::types;
 
 /// The GPU's L steps of a state update against the reference's: two fp32 evaluations of the same
 /// recurrence (the GPU with its fast exponentials and FMAs), the outputs sums of N products along

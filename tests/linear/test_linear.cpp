@@ -22,12 +22,7 @@ using ssm::test::require_shape_error;
 using ssm::test::host1;
 using ssm::test::host2;
 using memory = ssm::test::memory;
-
-template <class T, class Wt>
-struct types {
-  using act = T;
-  using weight = Wt;
-};
+using ssm::test::types;
 
 /// Copy any rank-2 view into a contiguous one (an independent re-layout for the oracle).
 template <class T, class View>
