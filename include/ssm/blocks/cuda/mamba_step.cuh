@@ -7,11 +7,13 @@
 /// Here (`mamba_block_step_backend`, one sequence):
 /// 1. `norm_in_proj_conv`: in_proj as the weight-streaming matrix-vector product
 ///    (`ssm/linear/cuda/gemv.cuh`), each block first normalising residual + hidden into shared
-///    memory for itself (a few kilobytes from L2), and the thread that finishes u[d] advancing
+///    memory for itself (a few kilobytes from L2, the norm's weights read before the wait for
+///    the previous kernel and the rows once), and the thread that finishes u[d] advancing
 ///    channel d's conv state and writing its output (with the channel's filter read before the
 ///    wait for the previous kernel and its past inputs right after it);
 /// 2. x_proj, the matrix-vector product;
-/// 3. `dt_state_update`: a warp per (sequence, channel) takes dt_proj's dot product over the R
+/// 3. `dt_state_update`: each block copies its sequence's row of x_proj's output into shared
+///    memory, then a warp per (sequence, channel) takes dt_proj's dot product over the R
 ///    low-rank inputs across its lanes, then the N state updates, then C·h; lane 0 adds D·u and
 ///    the gate. dt never goes to memory;
 /// 4. `out_proj_residual`: out_proj, the thread that finishes out[n] also adding hidden[n] to
@@ -37,6 +39,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstring>
 
 #include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/cuda.hpp>
@@ -66,23 +69,54 @@ __device__ inline float warp_sum(float x) {
   return x;
 }
 
+/// \brief A load through L2 only (`ld.global.cg`), not kept in L1.
+/// \tparam T `float`, `ssm::f16` or `ssm::bf16`. \param p the element. \return its value.
+template <class T>
+__device__ inline T load_from_l2(T const* p) {
+  if constexpr (sizeof(T) == 2) {
+    unsigned short const bits = __ldcg(reinterpret_cast<unsigned short const*>(p));
+    T v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+  } else {
+    static_assert(sizeof(T) == 4);
+    float const f = __ldcg(reinterpret_cast<float const*>(p));
+    T v;
+    memcpy(&v, &f, sizeof v);
+    return v;
+  }
+}
+
+/// \brief What `dt_state_update` reads and writes. x_dbl (B, R + 2N) is x_proj's output: dt_low,
+/// B, C; dt_proj (D, R); dt_bias (D); A (D, N); skip (D), the D of the equations; xz (B, 2D), z
+/// the second half; xc (B, D) the scan's u; state (B, D, N) updated in place; y (B, D) out.
+template <class T, class Wt>
+struct dt_state_args {
+  T const* x_dbl;
+  Wt const* dt_proj;
+  float const* dt_bias;
+  float const* A;
+  float const* skip;
+  T const* xz;
+  T const* xc;
+  float* state;
+  T* y;
+  int D, R, N;
+};
+
 /// \brief dt_proj, softplus, the state update and the gate; one warp per (sequence, channel).
 ///
-/// Grid: (ceil(D / 8), B) blocks of `step_threads` (8 warps).
-/// \param x_dbl (B, R + 2N) x_proj's output: dt_low, B, C. \param dt_proj (D, R).
-/// \param dt_bias (D). \param A (D, N). \param skip (D), the D of the equations.
-/// \param xz (B, 2D); z is the second half. \param xc (B, D) the scan's u.
-/// \param state (B, D, N) updated in place. \param y (B, D) out.
+/// Grid: (ceil(D / (step_threads / 32)), B) blocks of `step_threads`, with R + 2N values of T of
+/// dynamic shared memory: the block's copy of x_proj's row of its sequence.
 template <class T, class Wt>
-__global__ void __launch_bounds__(step_threads)
-    dt_state_update(T const* __restrict__ x_dbl, Wt const* __restrict__ dt_proj, float const* __restrict__ dt_bias,
-                    float const* __restrict__ A, float const* __restrict__ skip, T const* __restrict__ xz,
-                    T const* __restrict__ xc, float* __restrict__ state, T* __restrict__ y, int D, int R, int N) {
+__global__ void __launch_bounds__(step_threads) dt_state_update(dt_state_args<T, Wt> const a) {
   allow_next_kernel();
   int const lane = static_cast<int>(threadIdx.x) % 32;
   int const d = static_cast<int>(blockIdx.x) * (step_threads / 32) + static_cast<int>(threadIdx.x) / 32;
   int const b = static_cast<int>(blockIdx.y);
-  if (d >= D) return;
+  int const D = a.D, R = a.R, N = a.N;
+  bool const has_channel = d < D;
+  int const dc = has_channel ? d : D - 1;  // a real channel's addresses; nothing stored
   // The weights first: nothing before this kernel writes them, so (launched as a programmatic
   // dependent, see ssm::cuda::launch) they load while the previous kernel finishes. dt_proj's
   // row in registers up to rank 32 * `rank_regs`, and A's row up to 32 states.
@@ -91,35 +125,46 @@ __global__ void __launch_bounds__(step_threads)
 #pragma unroll
   for (int i = 0; i < rank_regs; ++i) {
     int const r = lane + 32 * i;
-    w_dt[i] = r < R ? to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) : 0.0f;
+    w_dt[i] = r < R ? to_float(a.dt_proj[static_cast<std::size_t>(dc) * R + r]) : 0.0f;
   }
-  float const a2_lane = lane < N ? A[static_cast<std::size_t>(d) * N + lane] * detail::log2e : 0.0f;  // exp(dt A) = 2^(dt A2)
-  float const bias = dt_bias[d], d_skip = skip[d];
+  float const a2_lane = lane < N ? a.A[static_cast<std::size_t>(dc) * N + lane] * detail::log2e : 0.0f;  // exp(dt A) = 2^(dt A2)
+  float const bias = a.dt_bias[dc], d_skip = a.skip[dc];
   wait_for_previous_kernel();
 
-  // Then, at once, everything the earlier kernels of the step wrote that the warp reads (x_proj's
-  // row, u, z and the first 32 states), so that the step waits for memory once, not at each use.
+  // Then, at once, everything the earlier kernels of the step wrote that the warp reads (u, z, the
+  // first 32 states, and the block's copy of x_proj's row), so that the step waits for memory
+  // once, not at each use. The row is read from L2 once per block into shared memory rather
+  // than by every warp: the same few sectors asked for thousands of times in each step. On an
+  // H200 (2.8B, bf16, one sequence) this form, with the tensors in a struct and the row read by
+  // `ld.global.cg`, took 2.099 ms per token against 2.147 (alternating twice); the same staging
+  // through `__restrict__` kernel parameters and plain loads took 2.162 against 2.139, a cause
+  // not separated (see docs/benchmarks.md).
   int const xw = R + 2 * N;
-  T const* row = x_dbl + static_cast<std::size_t>(b) * xw;  // dt_low, then B, then C
-  std::size_t const bd = static_cast<std::size_t>(b) * D + d;
-  float* h = state + bd * N;
+  T const* row = a.x_dbl + static_cast<std::size_t>(b) * xw;  // dt_low, then B, then C
+  std::size_t const bd = static_cast<std::size_t>(b) * D + dc;
+  float* h = a.state + bd * N;
+  bool const has_state = lane < N;
+  T const u_raw = a.xc[bd], z_raw = a.xz[static_cast<std::size_t>(b) * 2 * D + D + dc];
+  float const h_lane = has_channel && has_state ? h[lane] : 0.0f;
+  extern __shared__ uint4 step_shared[];
+  T* const staged = reinterpret_cast<T*>(step_shared);  // (R + 2N)
+  for (int i = static_cast<int>(threadIdx.x); i < xw; i += static_cast<int>(blockDim.x)) staged[i] = load_from_l2(row + i);
+  __syncthreads();
+  if (!has_channel) return;
   T low[rank_regs];
 #pragma unroll
   for (int i = 0; i < rank_regs; ++i) {
     int const r = lane + 32 * i;
-    low[i] = row[r < R ? r : 0];
+    low[i] = staged[r < R ? r : 0];
   }
-  bool const has_state = lane < N;
-  T const B_lane = row[R + (has_state ? lane : 0)], C_lane = row[R + N + (has_state ? lane : 0)];
-  T const u_raw = xc[bd], z_raw = xz[static_cast<std::size_t>(b) * 2 * D + D + d];
-  float const h_lane = has_state ? h[lane] : 0.0f;
+  T const B_lane = staged[R + (has_state ? lane : 0)], C_lane = staged[R + N + (has_state ? lane : 0)];
 
   float dt = 0.0f;
 #pragma unroll
   for (int i = 0; i < rank_regs; ++i)
     if (lane + 32 * i < R) dt += w_dt[i] * to_float(low[i]);
   for (int r = lane + 32 * rank_regs; r < R; r += 32)
-    dt += to_float(dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(row[r]);
+    dt += to_float(a.dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(staged[r]);
   dt = detail::softplus_fast(round_to<T>(warp_sum(dt)) + bias);
 
   float const u = to_float(u_raw);
@@ -130,16 +175,16 @@ __global__ void __launch_bounds__(step_threads)
     out = to_float(C_lane) * next;
   }
   for (int n = lane + 32; n < N; n += 32) {
-    float const a2 = A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
-    float const next = detail::exp2_approx(dt * a2) * h[n] + dt * u * to_float(row[R + n]);
+    float const a2 = a.A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
+    float const next = detail::exp2_approx(dt * a2) * h[n] + dt * u * to_float(staged[R + n]);
     h[n] = next;
-    out += to_float(row[R + N + n]) * next;
+    out += to_float(staged[R + N + n]) * next;
   }
   out = warp_sum(out);
   if (lane == 0) {
     out += d_skip * u;
     out *= detail::silu_fast(to_float(z_raw));
-    y[bd] = from_float<T>(out);
+    a.y[bd] = from_float<T>(out);
   }
 }
 
@@ -168,19 +213,34 @@ struct block_step_args {
   int E, D, W;              ///< d_model, d_inner, d_conv
 };
 
+/// \brief Dynamic shared memory of `norm_in_proj_conv` for one sequence of E features: the norm's
+/// weights and residual + hidden as floats, and the normalised row in T.
+/// \tparam T activation storage type. \param E d_model. \return bytes.
+template <class T>
+constexpr std::size_t norm_shared_bytes(std::size_t E) {
+  return E * (2 * sizeof(float) + sizeof(T));
+}
+
 /// \brief RMSNorm of residual + hidden, then in_proj, then the conv update of the u half.
 ///
 /// Grid: as `gemv` with `Rows` outputs per warp over 2D outputs, K split `split` ways; dynamic
-/// shared memory: M * E values of T, the normalised rows. Every block normalises the rows, so
-/// fewer, larger blocks (`Rows` > 1) spend less on it.
+/// shared memory: `norm_shared_bytes` for M rows. Every block normalises the rows, so fewer,
+/// larger blocks (`Rows` > 1) spend less on it. It reads the norm's weights into shared memory
+/// before the wait for the previous kernel, and each row's residual + hidden once, keeping it in
+/// shared memory between the sum of squares and the scaling. On an H200 (2.8B, bf16, one
+/// sequence; one binary with the prologue chosen at run time, alternating twice) a token took
+/// 2.067 ms so, 2.088 with the weights alone read early, and 2.261 with both read from memory in
+/// each pass, as before. With the staged row of `dt_state_update`: 2.140 → 2.027 ms.
 /// \tparam M sequences (1 to 8; the backend launches 1). \tparam Rows outputs per warp.
 /// \tparam Depth loads per batch (see `gemv_block`).
 template <int M, int Rows, int Depth, class T, class Wt>
 __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_args<T, Wt> const a, int split) {
   constexpr int vec = 16 / sizeof(Wt);
-  extern __shared__ uint4 shared_rows[];
-  T* const normed = reinterpret_cast<T*>(shared_rows);  // (M, E)
   int const E = a.E, D = a.D, W = a.W;
+  extern __shared__ uint4 shared_rows[];
+  float* const norm_weight = reinterpret_cast<float*>(shared_rows);  // (E)
+  float* const sums = norm_weight + E;                                // (M, E) residual + hidden
+  T* const normed = reinterpret_cast<T*>(sums + M * E);               // (M, E)
   // The lane that will finish u[n] of sequence m (see `gemv_block`) advances channel n's conv:
   // its filter and bias are read before the wait, its past inputs right after it, so that none
   // of them is a round trip to memory at the end, where the block's last outputs wait for it.
@@ -197,6 +257,8 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     if (a.conv_bias) conv_bias = to_float(a.conv_bias[n_own]);
   }
   auto normalise = [&] {
+    // the norm's weights first: no kernel writes them, so they load while the previous one ends
+    for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads) norm_weight[e] = to_float(a.norm_weight[e]);
     wait_for_previous_kernel();
     if (convolves) {
 #pragma unroll
@@ -208,6 +270,7 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
     for (int m = 0; m < M; ++m)
       for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads) {
         float const r = to_float(a.hidden[m * E + e]) + a.residual[m * E + e];
+        sums[m * E + e] = r;
         squares[m] += r * r;
       }
     __shared__ float partial[gemv_threads / 32][M];
@@ -223,10 +286,8 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
       float total = 0.0f;
       for (int w = 0; w < gemv_threads / 32; ++w) total += partial[w][m];
       float const inv_rms = 1.0f / sqrtf(total / static_cast<float>(E) + a.eps);
-      for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads) {
-        float const r = to_float(a.hidden[m * E + e]) + a.residual[m * E + e];
-        normed[m * E + e] = from_float<T>(r * inv_rms * to_float(a.norm_weight[e]));
-      }
+      for (int e = static_cast<int>(threadIdx.x); e < E; e += gemv_threads)
+        normed[m * E + e] = from_float<T>(sums[m * E + e] * inv_rms * norm_weight[e]);
     }
     __syncthreads();
   };
@@ -321,11 +382,13 @@ struct mamba_step_backend<Kokkos::Cuda> {
     auto const& w = *p.weights;
     linear(space, linear_params<T, Wt, MemSpace>{strided<const T, MemSpace>(p.xc, B, D, D, 1), w.x_proj_weight, {},
                                                  strided<T, MemSpace>(p.x_dbl, B, xw, xw, 1)});
+    cuda::kernels::dt_state_args<T, Wt> const a{p.x_dbl, w.dt_proj_weight.data(), w.dt_proj_bias.data(), w.A.data(),
+                                                w.D.data(),  p.xz,  p.xc,  p.ssm_state, p.y,
+                                                static_cast<int>(D), static_cast<int>(R), static_cast<int>(N)};
     cuda::launch(cuda::kernels::dt_state_update<T, Wt>, dim3(cuda::blocks_for(D, cuda::kernels::step_threads / 32),
                                                                 static_cast<unsigned>(B)),
-                 dim3(cuda::kernels::step_threads), 0, cuda::stream(space), "ssm::mamba_mixer::step (CUDA): dt_state_update",
-                 p.x_dbl, w.dt_proj_weight.data(), w.dt_proj_bias.data(), w.A.data(), w.D.data(), p.xz, p.xc,
-                 p.ssm_state, p.y, static_cast<int>(D), static_cast<int>(R), static_cast<int>(N));
+                 dim3(cuda::kernels::step_threads), xw * sizeof(T), cuda::stream(space),
+                 "ssm::mamba_mixer::step (CUDA): dt_state_update", a);
   }
 };
 
@@ -373,8 +436,8 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
   /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
   /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
   /// step made the 2.8B model 3x slower on an H200), whole aligned 16-byte pieces of every row the
-  /// matrix-vector products read, the normalised row within 48 KiB, and a conv filter of at most
-  /// `max_fused_conv_width` taps.
+  /// matrix-vector products read, `norm_shared_bytes` within 48 KiB (d_model up to 4915 in 16-bit
+  /// types), and a conv filter of at most `max_fused_conv_width` taps.
   /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
   /// \param c the block's sizes. \param p the tensors.
   /// \return true if `run` takes it.
@@ -390,7 +453,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       bool const aligned = cuda::aligned(p.mixer.y, 16) && cuda::aligned(w.in_proj_weight.data(), 16) &&
                            cuda::aligned(w.out_proj_weight.data(), 16);
       return B == 1 && pieces && aligned && c.d_conv <= cuda::kernels::max_fused_conv_width &&
-             B * E * sizeof(T) <= 48 * 1024;
+             B * cuda::kernels::norm_shared_bytes<T>(E) <= 48 * 1024;
     }
   }
 
@@ -428,7 +491,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
             cuda::blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(rows * (threads / 32) / split));
         cuda::launch(kernel, dim3(blocks), dim3(static_cast<unsigned>(threads)), shared, stream, what, a, split);
       };
-      std::size_t const normed_bytes = static_cast<std::size_t>(E) * sizeof(T);
+      std::size_t const normed_bytes = cuda::kernels::norm_shared_bytes<T>(static_cast<std::size_t>(E));
       // the choice is a few driver queries: made once per device and size
       thread_local struct {
         int device = -1, outputs = 0, rows = 0;
