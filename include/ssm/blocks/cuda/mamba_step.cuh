@@ -213,18 +213,18 @@ struct block_step_args {
   int E, D, W;              ///< d_model, d_inner, d_conv
 };
 
-/// \brief Dynamic shared memory of `norm_in_proj_conv` for one sequence of E features: the norm's
-/// weights and residual + hidden as floats, and the normalised row in T.
-/// \tparam T activation storage type. \param E d_model. \return bytes.
+/// \brief Dynamic shared memory of `norm_in_proj_conv` for M sequences of E features: the norm's
+/// weights as floats, then each row's residual + hidden as floats, then the normalised rows in T.
+/// \tparam T activation storage type. \param M sequences. \param E d_model. \return bytes.
 template <class T>
-constexpr std::size_t norm_shared_bytes(std::size_t E) {
-  return E * (2 * sizeof(float) + sizeof(T));
+constexpr std::size_t norm_shared_bytes(std::size_t M, std::size_t E) {
+  return E * sizeof(float) + M * E * (sizeof(float) + sizeof(T));
 }
 
 /// \brief RMSNorm of residual + hidden, then in_proj, then the conv update of the u half.
 ///
 /// Grid: as `gemv` with `Rows` outputs per warp over 2D outputs, K split `split` ways; dynamic
-/// shared memory: `norm_shared_bytes` for M rows. Every block normalises the rows, so fewer,
+/// shared memory: `norm_shared_bytes<T>(M, E)`. Every block normalises the rows, so fewer,
 /// larger blocks (`Rows` > 1) spend less on it. It reads the norm's weights into shared memory
 /// before the wait for the previous kernel, and each row's residual + hidden once, keeping it in
 /// shared memory between the sum of squares and the scaling. On an H200 (2.8B, bf16, one
@@ -453,7 +453,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       bool const aligned = cuda::aligned(p.mixer.y, 16) && cuda::aligned(w.in_proj_weight.data(), 16) &&
                            cuda::aligned(w.out_proj_weight.data(), 16);
       return B == 1 && pieces && aligned && c.d_conv <= cuda::kernels::max_fused_conv_width &&
-             B * cuda::kernels::norm_shared_bytes<T>(E) <= 48 * 1024;
+             cuda::kernels::norm_shared_bytes<T>(B, E) <= 48 * 1024;
     }
   }
 
@@ -491,7 +491,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
             cuda::blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(rows * (threads / 32) / split));
         cuda::launch(kernel, dim3(blocks), dim3(static_cast<unsigned>(threads)), shared, stream, what, a, split);
       };
-      std::size_t const normed_bytes = cuda::kernels::norm_shared_bytes<T>(static_cast<std::size_t>(E));
+      std::size_t const normed_bytes = cuda::kernels::norm_shared_bytes<T>(1, static_cast<std::size_t>(E));
       // the choice is a few driver queries: made once per device and size
       thread_local struct {
         int device = -1, outputs = 0, rows = 0;
