@@ -107,7 +107,8 @@ struct dt_state_args {
 /// \brief dt_proj, softplus, the state update and the gate; one warp per (sequence, channel).
 ///
 /// Grid: (ceil(D / (step_threads / 32)), B) blocks of `step_threads`, with R + 2N values of T of
-/// dynamic shared memory: the block's copy of x_proj's row of its sequence.
+/// dynamic shared memory: the block's copy of x_proj's row of its sequence (within the default
+/// 48 KiB for any Mamba shape; a launch beyond it fails with CUDA's error, not silently).
 template <class T, class Wt>
 __global__ void __launch_bounds__(step_threads) dt_state_update(dt_state_args<T, Wt> const a) {
   allow_next_kernel();
