@@ -139,6 +139,9 @@ TEST_CASE("ssm bench runs each test -r times and reports every run", "[cli]") {
     REQUIRE(std::count(runs.begin(), runs.end(), median) >= 1);
     REQUIRE((lo <= median && median <= hi));
     if (row.at("test") == "tg4" && j.at("backend") != "Cuda") REQUIRE(row.at("triad_GBps_runs").size() == 3);
+    // as the Markdown table: a decode step is one token of each sequence, a prefill one step
+    double const ms = row.at("ms"), per_step = row.at("ms_per_step");
+    REQUIRE(per_step == Approx(row.at("test") == "tg4" ? ms / 4 : ms));
     REQUIRE(row.at("fraction_of_limit").get<double>() > 0.0);
   }
   auto const [refused, refused_status] = run(std::string(SSM_CLI) + " bench --preset tiny -r 0 2>&1");

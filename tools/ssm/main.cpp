@@ -543,16 +543,17 @@ int cmd_bench(std::string const& dir, std::string const& preset, std::string con
                           {"prefill_flops_per_token", flops}, {"results", nlohmann::json::array()}};
       for (auto const& r : rows) {
         auto const [rate, fraction] = achieved(r);
+        bool const decode = r.test[0] == 't';  // a decode step is one token a sequence; a prefill is one step
         nlohmann::json row = {{"test", r.test},
                               {"batch", r.batch},
                               {"ms", r.ms},
-                              {"ms_per_step", r.ms / static_cast<double>(r.tokens)},
+                              {"ms_per_step", r.ms / static_cast<double>(decode ? r.tokens : 1)},
                               {"tokens_per_second", r.tokens_per_second},
                               {"tokens_per_second_min", r.tokens_per_second_min},
                               {"tokens_per_second_max", r.tokens_per_second_max},
                               {"tokens_per_second_runs", r.per_run},
                               {"fraction_of_limit", fraction}};
-        row[r.test[0] == 't' ? "weights_GBps" : "GFLOPs"] = rate;
+        row[decode ? "weights_GBps" : "GFLOPs"] = rate;
         if (!r.bandwidths.empty()) row["triad_GBps_runs"] = r.bandwidths;
         j["results"].push_back(row);
       }
