@@ -565,8 +565,7 @@ class mamba_block {
       detail::require(out.extent(0) == B && out.extent(1) == E, "ssm::mamba_block::step",
                       "out must have the shape of hidden (B, E)");
       if (B == 0) return;
-      mamba_block_step_params<T, Wt, memory_space> const p{hidden.data(), residual.data(), norm_weight_.data(),
-                                                           mixer_.step_tensors(B, state), out.data()};
+      auto const p = step_tensors(hidden, residual, out, state);
       if (mamba_block_step_backend<ExecSpace>::fuses(c, p)) {
         mamba_block_step_backend<ExecSpace>::run(space, c, p);
         return;
@@ -574,6 +573,17 @@ class mamba_block {
     }
     tensor2<T> normed = norm(space, hidden.data(), residual.data(), B, E);
     mixer_.step(space, tensor2<const T>(static_cast<T const*>(normed.data()), B, E), out, state);
+  }
+
+  /// \brief The tensors of a decoding step of this block (the arguments of `step`, the norm's
+  /// weight, and the mixer's `step_tensors`): for a backend that fuses several blocks' steps
+  /// (`mamba_stack_step_backend`). The same rules as `step`: one call at a time per block.
+  /// \param hidden,residual,out,state as for `step`; their shapes are not checked here.
+  /// \return the pointers, batch B = hidden's rows.
+  /// \throws ssm::shape_error if the state does not hold B sequences.
+  mamba_block_step_params<T, Wt, memory_space> step_tensors(tensor2<const T> const& hidden, tensor2<float> const& residual,
+                                                            tensor2<T> const& out, state_type& state) const {
+    return {hidden.data(), residual.data(), norm_weight_.data(), mixer_.step_tensors(hidden.extent(0), state), out.data()};
   }
 
  private:

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <istream>
 #include <ostream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,21 @@
 #include <ssm/norm/rms_norm.hpp>
 
 namespace ssm {
+
+/// \brief Whether an execution space runs a decoding step of every block at once.
+///
+/// The primary template does not: `mamba_lm::step` runs the blocks one after another (each
+/// perhaps fused by `mamba_block_step_backend`). A backend that does specialises it with
+/// `fused = true`, `scratch_words<T>(config)` (device words the model keeps for it), `fuses(config, layers)`
+/// and `run(space, config, layers, scratch)`, where `layers` holds every block's
+/// `mamba_block_step_params` in order; `run` must leave the hidden and residual streams and every
+/// state as the blocks' steps do. `Kokkos::Cuda` does (`ssm/model/cuda/stack_step.cuh`).
+/// \tparam ExecSpace a Kokkos execution space.
+/// \tparam Enable room for a partial specialisation that selects a family of spaces.
+template <class ExecSpace, class Enable = void>
+struct mamba_stack_step_backend {
+  static constexpr bool fused = false;  ///< the blocks step one after another
+};
 
 /// \brief A Mamba-1 language model on an execution space.
 ///
@@ -221,11 +237,33 @@ class mamba_lm {
     tensor2<T> const hidden(hidden_.data(), B, E);
     tensor2<float> const residual(residual_.data(), B, E);
     Kokkos::deep_copy(space, residual, 0.0f);
-    for (std::size_t i = 0; i < blocks_.size(); ++i) blocks_[i].step(space, hidden, residual, hidden, state.layers[i]);
+    if (!step_at_once(space, hidden, residual, state))
+      for (std::size_t i = 0; i < blocks_.size(); ++i) blocks_[i].step(space, hidden, residual, hidden, state.layers[i]);
     head(space, hidden, residual, logits);
   }
 
  private:
+  /// Every block's step in one go, if the space's `mamba_stack_step_backend` takes it.
+  bool step_at_once(ExecSpace const& space, tensor2<T> const& hidden, tensor2<float> const& residual, cache& state) const {
+    using backend = mamba_stack_step_backend<ExecSpace>;
+    if constexpr (backend::fused) {
+      using params = mamba_block_step_params<T, Wt, memory_space>;
+      std::vector<params> layers;
+      layers.reserve(blocks_.size());
+      for (std::size_t i = 0; i < blocks_.size(); ++i)
+        layers.push_back(blocks_[i].step_tensors(hidden, residual, hidden, state.layers[i]));
+      std::span<params const> const all(layers);
+      if (!backend::fuses(config().mixer(), all)) return false;
+      std::size_t const words = backend::template scratch_words<T>(config().mixer());
+      if (step_words_.extent(0) < words)
+        step_words_ = Kokkos::View<std::uint32_t*, memory_space>("ssm::mamba_lm::step_words", words);
+      backend::run(space, config().mixer(), all, step_words_.data());
+      return true;
+    } else {
+      return false;
+    }
+  }
+
   /// logits = lm_head(RMSNorm(hidden + residual)) for M rows.
   void head(ExecSpace const& space, view2<const T, memory_space> const& hidden,
             view2<const float, memory_space> const& residual, view2<T, memory_space> const& logits) const {
@@ -261,6 +299,11 @@ class mamba_lm {
   mutable Kokkos::View<T*, memory_space> hidden_;      // (M, E) the blocks' outputs
   mutable Kokkos::View<float*, memory_space> residual_;  // (M, E) the residual stream
   mutable Kokkos::View<T*, memory_space> normed_;      // (M, E) the final norm's output
+  mutable Kokkos::View<std::uint32_t*, memory_space> step_words_;  // mamba_stack_step_backend's scratch
 };
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/model/cuda/stack_step.cuh>
+#endif
