@@ -186,20 +186,6 @@ __device__ inline uint4 load_shared(void const* p) {
   return v;
 }
 
-/// \brief `vec` activations at piece p of a row of T in shared memory, widened.
-template <class T, int vec>
-__device__ inline void shared_piece(T const* row, int p, float (&out)[vec]) {
-  constexpr int per = piece_values<T>;
-  static_assert(vec % per == 0, "whole 16-byte pieces of activations");
-#pragma unroll
-  for (int i = 0; i < vec / per; ++i) {
-    float part[per];
-    widen_piece<T>(load_shared(row + p * vec + i * per), part);
-#pragma unroll
-    for (int j = 0; j < per; ++j) out[i * per + j] = part[j];
-  }
-}
-
 /// \brief `Count` consecutive values of T (a multiple of a 16-byte piece, `p` aligned) that other
 /// blocks wrote in this launch, read through L2 (`ld.global.cg`), all requests before any use.
 template <class T, int Count>
