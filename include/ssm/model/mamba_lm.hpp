@@ -34,7 +34,8 @@ namespace ssm {
 ///
 /// The primary template does not: `mamba_lm::step` runs the blocks one after another (each
 /// perhaps fused by `mamba_block_step_backend`). A backend that does specialises it with
-/// `fused = true`, `scratch_words<T>(config)` (device words the model keeps for it), `fuses(config, layers)`
+/// `fused = true`, `scratch_words<T>(config)` (device words the model keeps for it), `takes(batch)`
+/// (a cheap first answer, before the blocks' tensors are gathered), `fuses(config, layers)`
 /// and `run(space, config, layers, scratch)`, where `layers` holds every block's
 /// `mamba_block_step_params` in order; `run` must leave the hidden and residual streams and every
 /// state as the blocks' steps do. `Kokkos::Cuda` does (`ssm/model/cuda/stack_step.cuh`).
@@ -247,6 +248,7 @@ class mamba_lm {
   bool step_at_once(ExecSpace const& space, tensor2<T> const& hidden, tensor2<float> const& residual, cache& state) const {
     using backend = mamba_stack_step_backend<ExecSpace>;
     if constexpr (backend::fused) {
+      if (!backend::takes(hidden.extent(0))) return false;  // before gathering every block's tensors
       using params = mamba_block_step_params<T, Wt, memory_space>;
       std::vector<params> layers;
       layers.reserve(blocks_.size());

@@ -638,6 +638,11 @@ struct mamba_stack_step_backend<Kokkos::Cuda> {
     return v && std::string(v) == "1";
   }();
 
+  /// \brief Whether a step of `batch` sequences may be taken at all (switched on, one sequence):
+  /// asked before the model gathers every block's tensors for `fuses`.
+  /// \param batch B. \return true if `fuses` may say yes.
+  static bool takes(std::size_t batch) { return enabled && batch == 1; }
+
   /// \brief Whether one launch takes this step: one sequence, at most `stack_max_layers` layers,
   /// whole 16-byte pieces and runs of 8 channels (E and D multiples of 8, every tensor 16-byte
   /// aligned), a conv of at most `max_fused_conv_width` taps, and a shared-memory layout with at
