@@ -41,11 +41,13 @@ fi
 [ ${#programs[@]} -gt 0 ] || { echo "cuda_sanitize.sh: no GPU test programs in $build" >&2; exit 2; }
 
 "$sanitizer" --version | tail -n 1
+runs=()
 for tool in "${tools[@]}"; do
   extra=()
   [ "$tool" = racecheck ] && extra=(--racecheck-report analysis)
   for program in "${programs[@]}"; do
     log="$logs/$tool.$(basename "$program").log"
+    runs+=("$log")
     (timeout "$timeout_s" "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 99 --print-limit 20 "$program" \
        > "$log" 2>&1
      echo "exit status $?" >> "$log") &
@@ -54,7 +56,7 @@ done
 wait
 
 status=0
-for log in "$logs"/*.log; do
+for log in "${runs[@]}"; do
   result="$(tail -n 1 "$log")"
   summary="$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -n 1)"
   case "$result" in
