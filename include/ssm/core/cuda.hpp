@@ -65,6 +65,19 @@ void for_each_constant(F&& f) {
   (f(std::integral_constant<int, Values>{}), ...);
 }
 
+/// \brief The major compute capability of the current device (read once per device): 9 for
+/// Hopper, whose copy engine (`cp.async.bulk`) and clusters some kernels take.
+/// \return the major version.
+inline int compute_major() {
+  static int majors[64] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "ssm::cuda::compute_major: cudaGetDevice");
+  int& major = majors[device % 64];
+  if (major == 0)
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "ssm::cuda::compute_major");
+  return major;
+}
+
 /// \brief Whether a pointer is aligned to `bytes`.
 /// \param p the pointer. \param bytes a power of two. \return `p % bytes == 0`.
 inline bool aligned(void const* p, std::size_t bytes) {

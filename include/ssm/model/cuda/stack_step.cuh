@@ -56,6 +56,7 @@
 #include <ssm/blocks/cuda/mamba_step.cuh>
 #include <ssm/blocks/mamba.hpp>
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
@@ -130,59 +131,10 @@ struct stack_args {
   stack_layout s;              ///< the shared memory's layout
 };
 
-/// \brief The shared-memory address of a pointer into shared memory, for PTX.
-__device__ inline unsigned shared_address(void const* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
-
-/// \brief `mbarrier.init`: a barrier that completes a phase after `count` arrivals.
-__device__ inline void barrier_init(std::uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count) : "memory");
-}
-
-/// \brief One arrival that also expects `bytes` from the copy engine before the phase completes.
-__device__ inline void barrier_expect(std::uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes)
-               : "memory");
-}
-
-/// \brief One arrival.
-__device__ inline void barrier_arrive(std::uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar)) : "memory");
-}
-
-/// \brief Wait until the phase of parity `parity` has completed.
-__device__ inline void barrier_wait(std::uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n\t.reg .pred done;\n"
-      "wait:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
-      "@!done bra wait;\n}" ::"r"(shared_address(bar)),
-      "r"(parity)
-      : "memory");
-}
-
-/// \brief The copy engine brings `bytes` (a multiple of 16, both ends 16-byte aligned) from global
-/// to shared memory, and reports them to `bar`.
-__device__ inline void bulk_copy(void* dst, void const* src, unsigned bytes, std::uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   shared_address(dst)),
-               "l"(src), "r"(bytes), "r"(shared_address(bar))
-               : "memory");
-}
-
 /// \brief Read a counter with acquire semantics at GPU scope.
 __device__ inline unsigned load_acquire(unsigned const* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-/// \brief 16 bytes of shared memory in one instruction. (Through a `uint4` pointer and
-/// `widen_piece`'s copy the compiler read such pieces a byte at a time.)
-__device__ inline uint4 load_shared(void const* p) {
-  uint4 v;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(shared_address(p)));
   return v;
 }
 
