@@ -68,9 +68,11 @@
 /// 4.129 → 4.616 ms at 64 sequences; with registers for 5 blocks and 4 steps of R loaded at once,
 /// which spills, 4.368. The products likely wait for their operands behind the state's copies
 /// that the block has just issued and that fill the memory system, a few rounds of loads, then the
-/// per-channel loads after them, all before the first sequence's update. Taking the products
-/// before issuing the copies, or holding dt_proj's weights in registers across several tiles of
-/// sequences, remains to be tried.
+/// per-channel loads after them, all before the first sequence's update. That is not the
+/// reason: with the state's copies issued to the copy engine (`cp.async.bulk`, which holds no slot
+/// of the load pipeline) the step took 4.065 ms at 64 sequences without the products and 4.228
+/// with them (docs/benchmarks.md, 2026-12-01). Holding dt_proj's weights in registers across
+/// several tiles of sequences remains to be tried.
 ///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's layout),
 /// with the state and A in aligned 16-byte pieces when N >= 4; otherwise the portable path runs.
