@@ -2,9 +2,9 @@
 /// \file
 /// \brief The copy engine (`cp.async.bulk`, Hopper on) and the shared-memory barriers that report
 /// its copies (`mbarrier`): a thread asks for a contiguous piece of global memory to land in shared
-/// memory and goes on; whoever needs the piece waits on the barrier. The copies hold no registers
-/// and do not pass through the multiprocessor's load pipeline, so loads issued after them do not
-/// queue behind them.
+/// memory and goes on; whoever needs the piece waits on the barrier. One instruction moves a whole
+/// piece, and the copies hold no registers while in flight. `mamba_stack_step` streams its weights
+/// this way; `tests/cuda/test_copy_engine.cpp` checks the protocol.
 
 #include <cuda_runtime.h>
 
