@@ -21,7 +21,6 @@
 #include "catch.hpp"
 
 #include <cstdint>
-#include <vector>
 
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/copy_engine.cuh>
@@ -83,10 +82,8 @@ void check_protocol() {
     WARN("the copy engine's bulk copies need compute capability 9.0 (Hopper) or later: not tested");
     return;
   }
-  std::vector<float> host(rounds * floats_per_round);
-  for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(i % 97) - 48.0f;
-  ssm::test::host1<float> h_data("data", host.size());
-  for (std::size_t i = 0; i < host.size(); ++i) h_data(i) = host[i];
+  ssm::test::host1<float> h_data("data", rounds * floats_per_round);
+  for (std::size_t i = 0; i < h_data.extent(0); ++i) h_data(i) = static_cast<float>(i % 97) - 48.0f;
   auto const d_data = ssm::test::gpu::to_device(h_data);
   ssm::test::gpu::dev1<float> d_sums("sums", rounds * consumers);
   std::size_t const bytes = 128 + 2 * floats_per_round * sizeof(float);
@@ -98,7 +95,7 @@ void check_protocol() {
   auto const sums = ssm::test::gpu::to_host(d_sums);
   for (int r = 0; r < rounds; ++r) {
     double expected = 0.0;
-    for (int i = 0; i < floats_per_round; ++i) expected += host[r * floats_per_round + i];
+    for (int i = 0; i < floats_per_round; ++i) expected += h_data(r * floats_per_round + i);
     for (int w = 0; w < consumers; ++w)
       if (Shared || r % 2 == w) CHECK(sums(r * consumers + w) == static_cast<float>(expected));
   }

@@ -709,15 +709,13 @@ struct mamba_stack_step_backend<Kokkos::Cuda> {
     int device = 0;
     cuda::check(cudaGetDevice(&device), "ssm::mamba_lm::step (CUDA): cudaGetDevice");
     if (p.device == device && same(p.config, c)) return p;
-    int available = 0, major = 0;
-    cuda::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-                "ssm::mamba_lm::step (CUDA): compute capability");
+    int available = 0;
     cuda::check(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
                 "ssm::mamba_lm::step (CUDA): shared memory per block");
     int const blocks = cuda::multiprocessors();
     auto const s = cuda::stack_layout_for<T, Wt>(c, blocks, static_cast<std::size_t>(available));
     p = {device, blocks, c, s};
-    if (major < 9) p.s.slots = 0;  // Hopper's copy engine and barriers
+    if (cuda::compute_major() < 9) p.s.slots = 0;  // Hopper's copy engine and barriers
     if (p.s.slots == 0) return p;
     auto const kernel = cuda::kernels::mamba_stack_step<T, Wt>;
     cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, s.bytes),
