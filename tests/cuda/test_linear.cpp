@@ -9,10 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include <ssm/linear/linear.hpp>
 
 #include "cuda_support.hpp"
+#include "linear/partials_case.hpp"
 
 namespace {
 
@@ -111,4 +113,45 @@ TEST_CASE("products of few outputs, a long K and 9 to 128 rows take narrow_gemm"
   STATIC_REQUIRE(ssm::cuda::narrow_types<ssm::f16, ssm::f16>);
   STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, float>);
   STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, ssm::bf16>);
+}
+
+namespace {
+
+/// `linear_partials` on the GPU (cuBLASLt where T == Wt, the portable kernel otherwise, and the
+/// portable kernel always) against the host reference of each slice of K.
+template <class T, class Wt>
+void compare_partials(std::size_t S, std::size_t M, std::size_t K, std::size_t N) {
+  CAPTURE(S, M, K, N);
+  host2<T> x("x", M, K);
+  host2<Wt> weight("weight", N, K);
+  fill_uniform(x, 17 * S + M);
+  fill_uniform(weight, 19 * S + N);
+  auto const expected = reference_partials(x, weight, S);
+  auto const d_x = gpu::to_device(x);
+  auto const d_weight = gpu::to_device(weight);
+  gpu::dev3<float> d_partials("partials", S, M, N);
+  ssm::linear_partials_params<T, Wt, gpu::memory> const p{d_x, d_weight, d_partials};
+  gpu::space space;
+  for (bool portable : {false, true}) {
+    INFO((portable ? "the portable kernel" : "ssm::linear_partials on Kokkos::Cuda"));
+    gpu::poison(d_partials);
+    if (portable) ssm::detail::linear_partials_kokkos(space, p);
+    else ssm::linear_partials(space, p);
+    auto const got = gpu::to_host(d_partials);
+    for (std::size_t s = 0; s < S; ++s)
+      require_close(partial(got, s), expected.products[s], expected.tolerances[s], "partial " + std::to_string(s));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("linear_partials on the GPU: each slice of K is the reference product of that slice", "[cuda][linear]") {
+  for (std::size_t S : {1, 2, 4}) {
+    compare_partials<ssm::bf16, ssm::bf16>(S, 3, 64, 40);
+    compare_partials<ssm::bf16, ssm::bf16>(S, 64, 512, 264);  // out_proj's shape scaled down by 10
+    compare_partials<float, float>(S, 5, 128, 9);
+    compare_partials<ssm::f16, ssm::f16>(S, 2, 64, 24);
+    compare_partials<float, ssm::bf16>(S, 2, 32, 8);
+  }
+  compare_partials<ssm::bf16, ssm::bf16>(2, 64, 5120, 2560);  // out_proj of 64 sequences at the 2.8B shape
 }

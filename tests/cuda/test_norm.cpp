@@ -225,3 +225,58 @@ TEST_CASE("cuda rms_norm: bandwidth at M=2048, E=2560, bf16, residual stream in 
            ssm::detail::rms_norm_portable(sp, p);
          }));
 }
+
+namespace {
+
+/// x as S fp32 partial sums on the GPU (kernel and portable path) against the host reference given
+/// the same partial sums; the residual stream exactly.
+template <class T>
+void compare_partials(std::size_t S, std::size_t M, std::size_t E) {
+  CAPTURE(S, M, E);
+  ssm::test::host3<float> partials("partials", S, M, E);
+  ssm::test::host2<float> residual("residual", M, E), residual_expected("residual_expected", M, E);
+  ssm::test::host1<T> weight("weight", E);
+  ssm::test::host2<T> expected("expected", M, E);
+  ssm::test::fill_uniform(partials, 3 * S + M + E, -1.5f, 1.5f);
+  ssm::test::fill_uniform(residual, 5, -2.0f, 2.0f);
+  ssm::test::fill_uniform(weight, 6, -1.5f, 1.5f);
+  ssm::rms_norm_params<T, T, Kokkos::HostSpace> r;
+  r.x_partials = partials;
+  r.residual = residual;
+  r.weight = weight;
+  r.out = expected;
+  r.residual_out = residual_expected;
+  ssm::reference::rms_norm(r);
+  auto const d_partials = gpu::to_device(partials);
+  auto const d_weight = gpu::to_device(weight);
+  for (path const which : {path::kernel, path::portable}) {
+    INFO(name(which));
+    auto const d_stream = gpu::to_device(residual);  // residual and residual_out at once
+    gpu::dev2<T> d_out("out", M, E);
+    gpu::poison(d_out);
+    ssm::rms_norm_params<T, T, gpu::memory> p;
+    p.x_partials = d_partials;
+    p.residual = d_stream;
+    p.weight = d_weight;
+    p.out = d_out;
+    p.residual_out = d_stream;
+    gpu::space space;
+    if (which == path::kernel) ssm::rms_norm(space, p);
+    else ssm::detail::rms_norm_portable(space, p);
+    space.fence();
+    ssm::test::require_close(gpu::to_host(d_out), expected, out_tolerance<T>(E, expected), "out");
+    ssm::test::require_close(gpu::to_host(d_stream), residual_expected, exact, "residual_out");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda rms_norm: x as partial sums, added in order and rounded to T", "[cuda][norm]") {
+  // E = 2560 with 16-byte pieces; 2561 and 19 with a tail of single features
+  for (std::size_t const S : {1, 2, 3})
+    for (std::size_t const M : {1, 8, 64})
+      for (std::size_t const E : {19, 2560, 2561}) {
+        compare_partials<float>(S, M, E);
+        compare_partials<ssm::bf16>(S, M, E);
+      }
+}

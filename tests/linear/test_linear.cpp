@@ -13,6 +13,7 @@
 
 #include <ssm/linear/linear.hpp>
 
+#include "linear/partials_case.hpp"
 #include "support.hpp"
 
 namespace {
@@ -263,4 +264,73 @@ TEST_CASE("linear: shape errors name the tensor", "[linear][errors]") {
   }
   CHECK_NOTHROW(ssm::linear(space, good));
   space.fence();
+}
+
+namespace {
+
+/// `linear_partials` against the reference product of each slice of K.
+template <class T, class Wt>
+void compare_partials(std::size_t S, std::size_t M, std::size_t K, std::size_t N) {
+  CAPTURE(S, M, K, N);
+  host2<T> x("x", M, K);
+  host2<Wt> weight("weight", N, K);
+  std::uint64_t const seed = 1000 * S + 100 * M + K + N;
+  ssm::test::fill_uniform(x, seed);
+  ssm::test::fill_uniform(weight, seed + 1);
+  ssm::test::host3<float> partials("partials", S, M, N);
+  ssm::test::space space;
+  ssm::linear_partials(space, ssm::linear_partials_params<T, Wt, memory>{x, weight, partials});
+  space.fence();
+  auto const expected = ssm::test::reference_partials(x, weight, S);
+  for (std::size_t s = 0; s < S; ++s)
+    ssm::test::require_close(ssm::test::partial(partials, s), expected.products[s], expected.tolerances[s],
+                             "partial " + std::to_string(s));
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("linear_partials: each slice of K is the reference product of that slice", "[linear]",
+                   (types<float, float>), (types<ssm::bf16, ssm::bf16>), (types<ssm::f16, float>)) {
+  using T = typename TestType::act;
+  using Wt = typename TestType::weight;
+  compare_partials<T, Wt>(1, 3, 8, 5);
+  compare_partials<T, Wt>(2, 1, 16, 7);
+  compare_partials<T, Wt>(4, 5, 64, 33);
+  compare_partials<T, Wt>(3, 2, 9, 1);
+}
+
+TEST_CASE("linear_partials: a 2-slice case computed by hand", "[linear]") {
+  // x = [1 2 3 4], W = [[1 1 1 1], [1 -1 1 -1]]: slices K = {0, 1} and {2, 3}
+  host2<float> x("x", 1, 4), w("w", 2, 4);
+  float const xv[4] = {1, 2, 3, 4}, wv[2][4] = {{1, 1, 1, 1}, {1, -1, 1, -1}};
+  for (int k = 0; k < 4; ++k) {
+    x(0, k) = xv[k];
+    for (int n = 0; n < 2; ++n) w(n, k) = wv[n][k];
+  }
+  ssm::test::host3<float> partials("partials", 2, 1, 2);
+  ssm::test::space space;
+  ssm::linear_partials(space, ssm::linear_partials_params<float, float, memory>{x, w, partials});
+  space.fence();
+  REQUIRE(partials(0, 0, 0) == 3.0f);   // 1 + 2
+  REQUIRE(partials(0, 0, 1) == -1.0f);  // 1 - 2
+  REQUIRE(partials(1, 0, 0) == 7.0f);   // 3 + 4
+  REQUIRE(partials(1, 0, 1) == -1.0f);  // 3 - 4
+}
+
+TEST_CASE("linear_partials: shape errors name the tensor", "[linear][errors]") {
+  host2<float> x("x", 2, 6), w("w", 3, 6);
+  ssm::test::space space;
+  auto run = [&](auto const& partials) {
+    ssm::linear_partials(space, ssm::linear_partials_params<float, float, memory>{x, w, partials});
+  };
+  require_shape_error([&] { run(ssm::test::host3<float>("p", 4, 2, 3)); }, {"S dividing K", "K = 6", "S = 4"});
+  require_shape_error([&] { run(ssm::test::host3<float>("p", 0, 2, 3)); }, {"S > 0"});
+  require_shape_error([&] { run(ssm::test::host3<float>("p", 2, 3, 3)); }, {"partials must be (S, M, N)", "(2, 3)"});
+  require_shape_error([&] { run(ssm::test::host3<float>{}); }, {"required"});
+  require_shape_error(
+      [&] {
+        ssm::linear_partials(space, ssm::linear_partials_params<float, float, memory>{
+                                        x, host2<float>("w", 3, 5), ssm::test::host3<float>("p", 2, 2, 3)});
+      },
+      {"weight", "K = 6"});
 }

@@ -287,3 +287,89 @@ TEST_CASE("rms_norm: shape errors name the tensor", "[norm][errors]") {
   CHECK_NOTHROW(ssm::reference::rms_norm(p));
   space.fence();
 }
+
+namespace {
+
+/// x given as S fp32 partial sums: the reference must equal the reference over their sum rounded
+/// to T (computed here, in order), exactly; the Kokkos path must agree with both to the tolerance.
+template <class T, class Wt>
+void compare_partials(std::size_t S, std::size_t M, std::size_t E) {
+  CAPTURE(S, M, E);
+  norm_data<T, Wt> data(M, E, 7 * M + E);
+  ssm::test::host3<float> partials("partials", S, M, E);
+  ssm::test::fill_uniform(partials, 50 + S, -1.5f, 1.5f);
+  for (std::size_t m = 0; m < M; ++m)
+    for (std::size_t e = 0; e < E; ++e) {
+      float sum = 0.0f;
+      for (std::size_t s = 0; s < S; ++s) sum += partials(s, m, e);
+      data.x(m, e) = ssm::from_float<T>(sum);
+    }
+  host2<T> out_rows("out_rows", M, E), out_reference("out_reference", M, E), out_kokkos("out_kokkos", M, E);
+  host2<float> res_rows("res_rows", M, E), res_reference("res_reference", M, E), res_kokkos("res_kokkos", M, E);
+  ssm::reference::rms_norm(data.params(true, 1e-5f, out_rows, res_rows));
+  auto with_partials = [&](host2<T> const& out, host2<float> const& res) {
+    auto p = data.params(true, 1e-5f, out, res);
+    p.x = {};
+    p.x_partials = partials;
+    return p;
+  };
+  ssm::reference::rms_norm(with_partials(out_reference, res_reference));
+  ssm::test::require_close(out_reference, out_rows, ssm::test::tolerance{0.0, 0.0}, "reference out");
+  ssm::test::require_close(res_reference, res_rows, ssm::test::tolerance{0.0, 0.0}, "reference residual_out");
+  ssm::test::space space;
+  ssm::rms_norm(space, with_partials(out_kokkos, res_kokkos));
+  space.fence();
+  ssm::test::require_close(out_kokkos, out_rows, out_tolerance<T>(E, out_rows), "out");
+  ssm::test::require_close(res_kokkos, res_rows, ssm::test::tolerance{0.0, 0.0}, "residual_out");
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("rms_norm: x as partial sums is their sum in order, rounded to T", "[norm]", (types<float, float>),
+                   (types<ssm::bf16, ssm::bf16>), (types<ssm::f16, float>)) {
+  using T = typename TestType::act;
+  using Wt = typename TestType::weight;
+  for (std::size_t const S : {1, 2, 3})
+    for (std::size_t const M : {1, 4})
+      for (std::size_t const E : {1, 19, 64}) compare_partials<T, Wt>(S, M, E);
+}
+
+TEST_CASE("rms_norm: partial sums are added before the rounding to bf16, by hand", "[norm]") {
+  // 1 + 2^-8 rounds to 1 in bf16 (a tie, to even), and so would 1 + 2^-8 + 2^-8 if each partial
+  // were rounded first; their sum 1 + 2^-7 is a bf16 value, and is what the residual must receive.
+  ssm::test::host3<float> partials("partials", 2, 1, 1);
+  partials(0, 0, 0) = 1.0f + std::ldexp(1.0f, -8);
+  partials(1, 0, 0) = std::ldexp(1.0f, -8);
+  host1<ssm::bf16> weight("weight", 1);
+  weight(0) = ssm::from_float<ssm::bf16>(1.0f);
+  host2<ssm::bf16> out("out", 1, 1);
+  host2<float> res("res", 1, 1);
+  ssm::rms_norm_params<ssm::bf16, ssm::bf16, memory> p;
+  p.x_partials = partials;
+  p.weight = weight;
+  p.eps = 0.0f;
+  p.out = out;
+  p.residual_out = res;
+  ssm::test::space space;
+  ssm::rms_norm(space, p);
+  space.fence();
+  REQUIRE(res(0, 0) == 1.0f + std::ldexp(1.0f, -7));
+  REQUIRE(ssm::to_float(out(0, 0)) == 1.0f);
+  ssm::reference::rms_norm(p);
+  REQUIRE(res(0, 0) == 1.0f + std::ldexp(1.0f, -7));
+}
+
+TEST_CASE("rms_norm: x and x_partials, neither or both, are refused", "[norm][errors]") {
+  norm_data<float, float> data(2, 3, 1);
+  host2<float> out("out", 2, 3);
+  ssm::test::host3<float> partials("partials", 2, 2, 3);
+  ssm::test::space space;
+  auto p = data.params(false, 1e-5f, out, {});
+  p.x_partials = partials;
+  require_shape_error([&] { ssm::rms_norm(space, p); }, {"x_partials", "not both"});
+  p.x = {};
+  p.x_partials = ssm::test::host3<float>("partials", 2, 3, 3);
+  require_shape_error([&] { ssm::rms_norm(space, p); }, {"out must be (M, E) = (3, 3)"});
+  p.x_partials = {};
+  require_shape_error([&] { ssm::rms_norm(space, p); }, {"one of x and x_partials"});
+}

@@ -5,6 +5,7 @@
 ///
 /// Three implementations: a plain reference GEMM (the oracle), Eigen on host execution spaces,
 /// and a portable Kokkos kernel everywhere else. `linear_backend` chooses by execution space.
+/// `linear_partials` leaves a product as fp32 partial sums over slices of K, for a norm to add.
 
 #include <cstddef>
 #include <string>
@@ -152,6 +153,89 @@ void linear(ExecSpace const& space, linear_params<T, Wt, MemSpace> const& p) {
   detail::check(p, "ssm::linear");
   if (p.x.extent(0) == 0 || p.weight.extent(0) == 0) return;
   linear_backend<ExecSpace>::run(space, p);
+}
+
+/// \brief A linear layer's products over S slices of its inputs, each into an fp32 partial sum.
+///
+/// \f$y_s = x_{:, K_s} W_{:, K_s}^\top\f$ for the slices \f$K_s = [sK/S, (s+1)K/S)\f$, so that
+/// \f$\sum_s y_s = x W^\top\f$. A layer whose output only feeds an RMSNorm can leave its output so
+/// (`rms_norm_params::x_partials` adds them): the sum over K then needs no launch of its own, which
+/// a GPU's split-K product otherwise spends on few rows. No bias.
+/// \tparam T activation storage type. \tparam Wt weight storage type.
+/// \tparam MemSpace the memory space of every tensor.
+template <class T, class Wt, class MemSpace>
+struct linear_partials_params {
+  view2<const T, MemSpace> x;         ///< (M, K) one row per token
+  view2<const Wt, MemSpace> weight;   ///< (N, K) [out, in]
+  view3<float, MemSpace> partials;    ///< (S, M, N), S dividing K; must not overlap x
+};
+
+namespace detail {
+
+template <class T, class Wt, class MemSpace>
+void check(linear_partials_params<T, Wt, MemSpace> const& p, char const* function) {
+  require(given(p.x) && given(p.weight) && given(p.partials), function, "x, weight and partials are required");
+  auto const M = p.x.extent(0), K = p.x.extent(1), N = p.weight.extent(0), S = p.partials.extent(0);
+  require(p.weight.extent(1) == K, function,
+          "weight must be (N, K) with K = " + std::to_string(K) + ", the width of x; got " +
+              shape_string(p.weight.extent(0), p.weight.extent(1)));
+  require(S > 0 && K % S == 0, function,
+          "partials must hold S > 0 slices of K = " + std::to_string(K) + ", S dividing K; got S = " + std::to_string(S));
+  require(p.partials.extent(1) == M && p.partials.extent(2) == N, function,
+          "partials must be (S, M, N) with (M, N) = " + shape_string(M, N));
+}
+
+/// \brief The portable Kokkos kernel of `linear_partials`: one work item per (s, m, n), fp32 sums
+/// in the order of k (asynchronous). The shapes must have been checked.
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void linear_partials_kokkos(ExecSpace const& space, linear_partials_params<T, Wt, MemSpace> const& p) {
+  using policy = Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<3>>;
+  int const S = static_cast<int>(p.partials.extent(0)), M = static_cast<int>(p.x.extent(0));
+  int const N = static_cast<int>(p.weight.extent(0)), slice = static_cast<int>(p.x.extent(1)) / S;
+  auto const params = p;
+  Kokkos::parallel_for(
+      "ssm::linear_partials::kokkos", compat::capturable(policy(space, {0, 0, 0}, {S, M, N})),
+      KOKKOS_LAMBDA(int const s, int const m, int const n) {
+        auto const& q = params;
+        float acc = 0.0f;
+        for (int k = s * slice; k < (s + 1) * slice; ++k) acc += to_float(q.x(m, k)) * to_float(q.weight(n, k));
+        q.partials(s, m, n) = acc;
+      });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of `linear_partials` runs on an execution space: the portable
+/// Kokkos kernel, unless a backend specialises it (cuBLASLt on `Kokkos::Cuda`).
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+struct linear_partials_backend {
+  /// \brief Run the products on `space` (asynchronous).
+  /// \tparam T activation storage type. \tparam Wt weight storage type.
+  /// \tparam MemSpace the memory space of every tensor.
+  /// \param space the execution space instance. \param p the checked tensors.
+  template <class T, class Wt, class MemSpace>
+  static void run(ExecSpace const& space, linear_partials_params<T, Wt, MemSpace> const& p) {
+    detail::linear_partials_kokkos(space, p);
+  }
+};
+
+/// \brief A linear layer's products over S slices of its inputs, into fp32 partial sums (see
+/// `linear_partials_params`), on an execution space (asynchronous: fence `space` before reading
+/// `p.partials`).
+/// \tparam ExecSpace a Kokkos execution space that can access `MemSpace`.
+/// \tparam T activation storage type. \tparam Wt weight storage type.
+/// \tparam MemSpace the memory space of every tensor.
+/// \param space the execution space instance the work runs on.
+/// \param p `x` (M, K), `weight` (N, K) and the partial sums (S, M, N).
+/// \throws ssm::shape_error if a tensor is missing, the shapes disagree or S does not divide K.
+template <class ExecSpace, class T, class Wt, class MemSpace>
+void linear_partials(ExecSpace const& space, linear_partials_params<T, Wt, MemSpace> const& p) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>,
+                "ssm::linear_partials: the tensors must be accessible from the execution space");
+  detail::check(p, "ssm::linear_partials");
+  if (p.x.extent(0) == 0 || p.weight.extent(0) == 0) return;
+  linear_partials_backend<ExecSpace>::run(space, p);
 }
 
 }  // namespace ssm

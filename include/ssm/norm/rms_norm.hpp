@@ -8,6 +8,10 @@
 ///   \mathrm{out} = \frac{r}{\sqrt{\tfrac{1}{E}\sum_e r_e^2 + \epsilon}} \odot w .
 /// \f]
 /// This is mamba_ssm's `rms_norm_fn(x, weight, None, residual, prenorm=True, residual_in_fp32=True)`.
+///
+/// x may also come as S partial sums in fp32 (`x_partials`, e.g. a linear layer's products over S
+/// slices of its inputs, `ssm::linear_partials`): x is then their sum, in the order s = 0 ... S-1,
+/// rounded to the storage type, as the layer would have rounded it.
 
 #include <cstddef>
 #include <string>
@@ -23,13 +27,15 @@ namespace ssm {
 /// \brief Everything an RMSNorm reads and writes.
 ///
 /// `residual` and `residual_out` may be the same memory (the residual stream updated in place).
-/// Only `x`, `weight` and `out` are required; default-constructed views mean "absent".
+/// `weight`, `out` and one of `x` and `x_partials` are required; default-constructed views mean
+/// "absent".
 /// \tparam T activation storage type (`float`, `ssm::f16` or `ssm::bf16`).
 /// \tparam Wt weight storage type (same choices).
 /// \tparam MemSpace the memory space of every tensor.
 template <class T, class Wt, class MemSpace>
 struct rms_norm_params {
   view2<const T, MemSpace> x;                   ///< (M, E) one row per token
+  view3<const float, MemSpace> x_partials;      ///< (S, M, E) instead of x: x = round_T(sum over s)
   view2<const float, MemSpace> residual;        ///< (M, E) added to x before the norm; optional
   view1<const Wt, MemSpace> weight;             ///< (E) scale
   float eps = 1e-5f;                            ///< added to the mean square
@@ -39,10 +45,33 @@ struct rms_norm_params {
 
 namespace detail {
 
+/// \brief Rows M of an RMSNorm's input, `x` or `x_partials`.
+template <class T, class Wt, class MemSpace>
+std::size_t rows(rms_norm_params<T, Wt, MemSpace> const& p) {
+  return given(p.x) ? p.x.extent(0) : p.x_partials.extent(1);
+}
+
+/// \brief Features E of an RMSNorm's input, `x` or `x_partials`.
+template <class T, class Wt, class MemSpace>
+std::size_t features(rms_norm_params<T, Wt, MemSpace> const& p) {
+  return given(p.x) ? p.x.extent(1) : p.x_partials.extent(2);
+}
+
+/// \brief x(m, e) of an RMSNorm, widened: `x`, or the sum of `x_partials` in order rounded to T.
+template <class T, class Wt, class MemSpace>
+KOKKOS_INLINE_FUNCTION float input(rms_norm_params<T, Wt, MemSpace> const& p, bool partials, int m, int e) {
+  if (!partials) return to_float(p.x(m, e));
+  float sum = 0.0f;
+  for (std::size_t s = 0; s < p.x_partials.extent(0); ++s) sum += p.x_partials(s, m, e);
+  return to_float(from_float<T>(sum));
+}
+
 template <class T, class Wt, class MemSpace>
 void check(rms_norm_params<T, Wt, MemSpace> const& p, char const* function) {
-  require(given(p.x) && given(p.weight) && given(p.out), function, "x, weight and out are required");
-  auto const rows = p.x.extent(0), features = p.x.extent(1);
+  require(given(p.x) != given(p.x_partials), function, "one of x and x_partials is required, not both");
+  require(given(p.weight) && given(p.out), function, "weight and out are required");
+  if (given(p.x_partials)) require(p.x_partials.extent(0) > 0, function, "x_partials must hold at least one partial sum");
+  auto const rows = detail::rows(p), features = detail::features(p);
   auto const me = shape_string(rows, features);
   require(p.weight.extent(0) == features, function, "weight must be (E) with E = " + std::to_string(features));
   require(p.out.extent(0) == rows && p.out.extent(1) == features, function, "out must be (M, E) = " + me);
@@ -71,12 +100,19 @@ void rms_norm(rms_norm_params<T, Wt, MemSpace> const& p) {
   static_assert(is_accessible_v<Kokkos::DefaultHostExecutionSpace, MemSpace>,
                 "ssm::reference::rms_norm: the tensors must be in host-accessible memory");
   detail::check(p, "ssm::reference::rms_norm");
-  std::size_t const features = p.x.extent(1);
+  std::size_t const features = detail::features(p);
   std::vector<float> r(features);
-  for (std::size_t m = 0; m < p.x.extent(0); ++m) {
+  for (std::size_t m = 0; m < detail::rows(p); ++m) {
     float sum_squares = 0.0f;
     for (std::size_t e = 0; e < features; ++e) {
-      r[e] = to_float(p.x(m, e)) + (given(p.residual) ? p.residual(m, e) : 0.0f);
+      float x = 0.0f;
+      if (given(p.x)) {
+        x = to_float(p.x(m, e));
+      } else {
+        for (std::size_t s = 0; s < p.x_partials.extent(0); ++s) x += p.x_partials(s, m, e);
+        x = to_float(from_float<T>(x));
+      }
+      r[e] = x + (given(p.residual) ? p.residual(m, e) : 0.0f);
       sum_squares += r[e] * r[e];
     }
     float const inv_rms = 1.0f / compat::sqrt(sum_squares / static_cast<float>(features) + p.eps);
@@ -101,17 +137,18 @@ namespace detail {
 /// \tparam Wt weight storage type (same choices).
 /// \tparam MemSpace the memory space of every tensor.
 /// \param space the execution space instance the kernel runs on.
-/// \param p the checked tensors and \f$\epsilon\f$: `x`, `residual`, `out`, `residual_out` (M, E);
-///          `weight` (E).
+/// \param p the checked tensors and \f$\epsilon\f$: `x` (or `x_partials`), `residual`, `out`,
+///          `residual_out` (M, E); `weight` (E).
 template <class ExecSpace, class T, class Wt, class MemSpace>
 void rms_norm_portable(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
   using team_policy = Kokkos::TeamPolicy<ExecSpace>;
   using member = typename team_policy::member_type;
-  int const features = static_cast<int>(p.x.extent(1));
+  int const features = static_cast<int>(detail::features(p));
   bool const has_residual = given(p.residual), has_residual_out = given(p.residual_out);
+  bool const partials = given(p.x_partials);
   auto const params = p;
   Kokkos::parallel_for(
-      "ssm::rms_norm::kokkos", team_policy(space, static_cast<int>(p.x.extent(0)), Kokkos::AUTO),
+      "ssm::rms_norm::kokkos", team_policy(space, static_cast<int>(detail::rows(p)), Kokkos::AUTO),
       KOKKOS_LAMBDA(member const& team) {
         auto const& q = params;
         int const m = team.league_rank();
@@ -119,7 +156,7 @@ void rms_norm_portable(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> 
         Kokkos::parallel_reduce(
             Kokkos::TeamThreadRange(team, features),
             [&](int const e, float& partial) {
-              float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+              float const r = input(q, partials, m, e) + (has_residual ? q.residual(m, e) : 0.0f);
               partial += r * r;
             },
             sum_squares);
@@ -127,7 +164,7 @@ void rms_norm_portable(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> 
         // every reader of the residual is done before any writer (they may alias)
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, features), [&](int const e) {
-          float const r = to_float(q.x(m, e)) + (has_residual ? q.residual(m, e) : 0.0f);
+          float const r = input(q, partials, m, e) + (has_residual ? q.residual(m, e) : 0.0f);
           if (has_residual_out) q.residual_out(m, e) = r;
           q.out(m, e) = from_float<T>(r * inv_rms * to_float(q.weight(e)));
         });
@@ -173,7 +210,7 @@ void rms_norm(ExecSpace const& space, rms_norm_params<T, Wt, MemSpace> const& p)
   static_assert(is_accessible_v<ExecSpace, MemSpace>,
                 "ssm::rms_norm: the tensors must be accessible from the execution space");
   detail::check(p, "ssm::rms_norm");
-  if (p.x.extent(0) == 0) return;
+  if (detail::rows(p) == 0) return;
   rms_norm_backend<ExecSpace>::run(space, p);
 }
 

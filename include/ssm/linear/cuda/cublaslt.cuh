@@ -96,9 +96,35 @@ class cublaslt {
           "ssm::linear (cuBLASLt): cublasLtMatmul");
   }
 
+  /// \brief Enqueue the S products of `ssm::linear_partials` on `stream`: one strided-batch call,
+  /// slice s of K multiplied into its fp32 partial (M, N). No workspace, so no split of K inside a
+  /// slice and no launch to add one.
+  /// \tparam T storage type of x and W.
+  /// \param stream the stream. \param M,N,K,S the sizes, S dividing K.
+  /// \param x (M, K) rows `ldx` apart. \param ldx row pitch of x in elements.
+  /// \param w (N, K) rows `ldw` apart. \param ldw row pitch of W.
+  /// \param partials (S, M, N): rows `ldp` apart, slices `stride` apart, in floats.
+  template <class T>
+  void partials(cudaStream_t stream, int M, int N, int K, int S, T const* x, std::int64_t ldx, T const* w,
+                std::int64_t ldw, float* partials, std::int64_t ldp, std::int64_t stride) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    partials_key const key{data_type<T>(), M, N, K, S, ldx, ldw, ldp, stride,
+                           alignment(x), alignment(w), alignment(partials)};
+    auto it = partial_plans_.find(key);
+    if (it == partial_plans_.end()) it = partial_plans_.emplace(key, make_partials_plan(key)).first;
+    plan const& p = it->second;
+    float const one = 1.0f, zero = 0.0f;
+    check(cublasLtMatmul(handle_, p.desc, &one, w, p.a, x, p.b, &zero, partials, p.c, partials, p.c, &p.algo, nullptr,
+                         0, stream),
+          "ssm::linear_partials (cuBLASLt): cublasLtMatmul");
+  }
+
  private:
   // (type, M, N, K, ldx, ldw, ldy, bias?, alignments of x, w, y, bias)
   using plan_key = std::tuple<int, int, int, int, std::int64_t, std::int64_t, std::int64_t, bool, int, int, int, int>;
+  // (type, M, N, K, S, ldx, ldw, ldp, slice stride, alignments of x, w, partials)
+  using partials_key = std::tuple<int, int, int, int, int, std::int64_t, std::int64_t, std::int64_t, std::int64_t, int,
+                                  int, int>;
   struct plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
@@ -139,9 +165,44 @@ class cublaslt {
     check(cublasLtMatrixLayoutCreate(&p.b, t, static_cast<std::uint64_t>(K), static_cast<std::uint64_t>(M), ldx), fn);
     check(cublasLtMatrixLayoutCreate(&p.c, t, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), ldy), fn);
 
+    p.algo = heuristic_first(p, workspace_bytes, align_w, align_x, align_y, fn,
+                             "M, N, K = " + std::to_string(M) + ", " + std::to_string(N) + ", " + std::to_string(K));
+    return p;
+  }
+
+  plan make_partials_plan(partials_key const& key) {
+    auto const [type, M, N, K, S, ldx, ldw, ldp, stride, align_x, align_w, align_p] = key;
+    char const* fn = "ssm::linear_partials (cuBLASLt): planning";
+    plan p{};
+    check(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), fn);
+    cublasOperation_t const transpose = CUBLAS_OP_T;
+    check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose), fn);
+    auto const slice = static_cast<std::uint64_t>(K / S);
+    std::int32_t const count = S;
+    auto const batched = [&](cublasLtMatrixLayout_t& layout, cudaDataType_t t, std::uint64_t rows, std::uint64_t cols,
+                             std::int64_t ld, std::int64_t offset) {
+      check(cublasLtMatrixLayoutCreate(&layout, t, rows, cols, ld), fn);
+      check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count), fn);
+      check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &offset, sizeof offset),
+            fn);
+    };
+    auto const t = static_cast<cudaDataType_t>(type);
+    batched(p.a, t, slice, static_cast<std::uint64_t>(N), ldw, static_cast<std::int64_t>(slice));
+    batched(p.b, t, slice, static_cast<std::uint64_t>(M), ldx, static_cast<std::int64_t>(slice));
+    batched(p.c, CUDA_R_32F, static_cast<std::uint64_t>(N), static_cast<std::uint64_t>(M), ldp, stride);
+
+    p.algo = heuristic_first(p, 0, align_w, align_x, align_p, fn,
+                             "M, N, K, S = " + std::to_string(M) + ", " + std::to_string(N) + ", " + std::to_string(K) +
+                                 ", " + std::to_string(S));
+    return p;
+  }
+
+  /// The heuristic's first algorithm for the plan's descriptors, with at most `workspace` bytes and
+  /// the operands' alignments (bytes) as given; throws naming `fn` and `sizes` if it has none.
+  cublasLtMatmulAlgo_t heuristic_first(plan const& p, std::size_t workspace, int align_w, int align_x, int align_y,
+                                       char const* fn, std::string const& sizes) {
     cublasLtMatmulPreference_t preference;
     check(cublasLtMatmulPreferenceCreate(&preference), fn);
-    std::size_t const workspace = workspace_bytes;
     check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                                sizeof workspace), fn);
     auto const prefer_alignment = [&](cublasLtMatmulPreferenceAttributes_t attribute, int bytes) {
@@ -152,23 +213,20 @@ class cublaslt {
     prefer_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_x);
     prefer_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_y);
     prefer_alignment(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_y);
-
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     cublasStatus_t const status =
         cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, preference, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(preference);
-    if (status != CUBLAS_STATUS_SUCCESS || found == 0)
-      throw error("ssm::linear (cuBLASLt): no algorithm for M, N, K = " + std::to_string(M) + ", " +
-                  std::to_string(N) + ", " + std::to_string(K));
-    p.algo = result.algo;
-    return p;
+    if (status != CUBLAS_STATUS_SUCCESS || found == 0) throw error(std::string(fn) + ": no algorithm for " + sizes);
+    return result.algo;
   }
 
   std::mutex mutex_;
   cublasLtHandle_t handle_{};
   void* workspace_ = nullptr;
   std::map<plan_key, plan> plans_;
+  std::map<partials_key, plan> partial_plans_;
 };
 
 }  // namespace ssm::cuda
@@ -232,6 +290,35 @@ struct linear_backend<Kokkos::Cuda> {
       }
     }
     detail::linear_kokkos(space, p);
+  }
+};
+
+/// \brief `linear_partials` on `Kokkos::Cuda`: cuBLASLt's strided batch where activations and
+/// weights share a storage type and every row is contiguous; the portable kernel otherwise.
+template <>
+struct linear_partials_backend<Kokkos::Cuda> {
+  /// \brief Run the products on `space`'s stream (asynchronous).
+  /// \tparam T activation storage type. \tparam Wt weight storage type.
+  /// \tparam MemSpace the memory space of every tensor (GPU-accessible).
+  /// \param space the execution space instance. \param p the checked tensors.
+  template <class T, class Wt, class MemSpace>
+  static void run(Kokkos::Cuda const& space, linear_partials_params<T, Wt, MemSpace> const& p) {
+    if constexpr (std::is_same_v<T, Wt>) {
+      auto const S = static_cast<int>(p.partials.extent(0)), M = static_cast<int>(p.x.extent(0));
+      auto const N = static_cast<int>(p.weight.extent(0)), K = static_cast<int>(p.x.extent(1));
+      auto const pitch = [](auto const& v, std::size_t rows, std::size_t cols, int dim) {
+        return static_cast<std::int64_t>(rows == 1 ? cols : v.stride(dim));
+      };
+      bool const contiguous = K > 0 && p.x.stride(1) == 1 && p.weight.stride(1) == 1 && p.partials.stride(2) == 1;
+      if (contiguous) {
+        cuda::cublaslt::get().partials<T>(cuda::stream(space), M, N, K, S, p.x.data(), pitch(p.x, M, K, 0),
+                                          p.weight.data(), pitch(p.weight, N, K, 0), p.partials.data(),
+                                          pitch(p.partials, M, N, 1),
+                                          S == 1 ? std::int64_t{M} * N : static_cast<std::int64_t>(p.partials.stride(0)));
+        return;
+      }
+    }
+    detail::linear_partials_kokkos(space, p);
   }
 };
 

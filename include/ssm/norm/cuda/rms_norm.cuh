@@ -21,6 +21,12 @@
 /// **Reduction.** The sum of squares goes through warp shuffles, then (rows of more than one warp)
 /// through one shared-memory slot per warp.
 ///
+/// **Partial sums.** x may come as S fp32 partial sums (`rms_norm_params::x_partials`): each
+/// thread adds its features' S values in order and rounds the sum to T before the residual add, as
+/// the product that left them would have rounded its output. A decoding step of 2 or more
+/// sequences hands out_proj's output to the next block's norm so (`ssm::step_partials`), which
+/// saves cuBLASLt's launch that would add its split K.
+///
 /// **Aliasing.** `residual` and `residual_out` may be the same memory: every element is read and
 /// written by the one thread that owns it, and written only after that thread has read it.
 ///
@@ -61,8 +67,11 @@ inline constexpr int rms_norm_max_lanes = 512;
 /// \brief The tensors of an RMSNorm as the kernel reads them: pointers and strides in elements.
 template <class T, class Wt>
 struct rms_norm_args {
-  T const* x;                                    ///< (M, E)
+  T const* x;                                    ///< (M, E); read only if slices == 0
   std::int64_t x_m, x_e;                         ///< its strides
+  float const* partials;                         ///< (S, M, E) x as partial sums, if slices > 0
+  std::int64_t partials_s, partials_m, partials_e;  ///< their strides
+  int slices;                                    ///< S, or 0 to read x
   float const* residual;                         ///< (M, E); read only if has_residual
   std::int64_t residual_m, residual_e;           ///< its strides
   Wt const* weight;                              ///< (E)
@@ -139,11 +148,29 @@ __global__ void __launch_bounds__(rms_norm_max_lanes) rms_norm_kernel(rms_norm_a
   int const tail = vectors * Vec + lane;  // Vec > 1: the last E mod Vec features, one per thread
   bool const has_tail = Vec > 1 && active && tail < a.features;
 
-  T const* x = a.x + m * a.x_m;
+  T const* x = a.slices == 0 ? a.x + m * a.x_m : nullptr;
+  float const* partials = a.slices > 0 ? a.partials + m * a.partials_m : nullptr;
   float const* residual = a.has_residual ? a.residual + m * a.residual_m : nullptr;
+  // x for features [e, e + Vec): read, or the partial sums added in order and rounded to T
+  auto load_x = [&](int e, float (&v)[Vec]) {
+    if (a.slices == 0) {
+      load<Vec>(x + e * a.x_e, v);
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < Vec; ++j) v[j] = 0.0f;
+    for (int s = 0; s < a.slices; ++s) {
+      float part[Vec];
+      load<Vec>(partials + s * a.partials_s + e * a.partials_e, part);
+#pragma unroll
+      for (int j = 0; j < Vec; ++j) v[j] += part[j];
+    }
+#pragma unroll
+    for (int j = 0; j < Vec; ++j) v[j] = round_to<T>(v[j]);
+  };
   // r = x + residual for features [e, e + Vec)
   auto load_r = [&](int e, float (&r)[Vec]) {
-    load<Vec>(x + e * a.x_e, r);
+    load_x(e, r);
     if (a.has_residual) {
       float added[Vec];
       load<Vec>(residual + e * a.residual_e, added);
@@ -173,7 +200,15 @@ __global__ void __launch_bounds__(rms_norm_max_lanes) rms_norm_kernel(rms_norm_a
     }
   }
   if (has_tail) {
-    r_tail = to_float(x[tail * a.x_e]) + (a.has_residual ? residual[tail * a.residual_e] : 0.0f);
+    float x_tail[1];
+    if (a.slices == 0) {
+      load<1>(x + tail * a.x_e, x_tail);
+    } else {
+      x_tail[0] = 0.0f;
+      for (int s = 0; s < a.slices; ++s) x_tail[0] += partials[s * a.partials_s + tail * a.partials_e];
+      x_tail[0] = round_to<T>(x_tail[0]);
+    }
+    r_tail = x_tail[0] + (a.has_residual ? residual[tail * a.residual_e] : 0.0f);
     sum_squares += r_tail * r_tail;
   }
   sum_squares = row_sum(sum_squares);
@@ -216,6 +251,15 @@ bool vectorizable_rows(View const& v) {
          (v.extent(0) <= 1 || v.stride(0) * sizeof(value) % 16 == 0);
 }
 
+/// \brief Whether every rank-2 slice of a rank-3 tensor (S, M, E) can be moved in aligned vectors.
+template <class View>
+bool vectorizable_slices(View const& v) {
+  using value = typename View::value_type;
+  return (v.extent(2) <= 1 || v.stride(2) == 1) && aligned(v.data(), 16) &&
+         (v.extent(1) <= 1 || v.stride(1) * sizeof(value) % 16 == 0) &&
+         (v.extent(0) <= 1 || v.stride(0) * sizeof(value) % 16 == 0);
+}
+
 /// \brief Whether a rank-1 tensor can be read in aligned vectors: stride 1, 16-byte aligned start.
 template <class View>
 bool vectorizable_vector(View const& v) {
@@ -236,16 +280,26 @@ struct rms_norm_backend<Kokkos::Cuda> {
   /// \tparam Wt weight storage type (same choices).
   /// \tparam MemSpace a memory space accessible from `Kokkos::Cuda`.
   /// \param space the instance whose stream runs the kernel.
-  /// \param p the checked tensors and \f$\epsilon\f$: `x`, `residual`, `out`, `residual_out` (M, E),
-  ///          `residual` and `residual_out` possibly the same memory; `weight` (E).
+  /// \param p the checked tensors and \f$\epsilon\f$: `x` (M, E) or `x_partials` (S, M, E),
+  ///          `residual`, `out`, `residual_out` (M, E), `residual` and `residual_out` possibly the
+  ///          same memory; `weight` (E).
   /// \throws ssm::error if CUDA refuses the launch.
   template <class T, class Wt, class MemSpace>
   static void run(Kokkos::Cuda const& space, rms_norm_params<T, Wt, MemSpace> const& p) {
     using cuda::detail::vectorizable_rows;
     cuda::detail::rms_norm_args<T, Wt> a{};
-    a.x = p.x.data();
-    a.x_m = static_cast<std::int64_t>(p.x.stride(0));
-    a.x_e = static_cast<std::int64_t>(p.x.stride(1));
+    bool const partials = given(p.x_partials);
+    if (partials) {
+      a.partials = p.x_partials.data();
+      a.partials_s = static_cast<std::int64_t>(p.x_partials.stride(0));
+      a.partials_m = static_cast<std::int64_t>(p.x_partials.stride(1));
+      a.partials_e = static_cast<std::int64_t>(p.x_partials.stride(2));
+      a.slices = static_cast<int>(p.x_partials.extent(0));
+    } else {
+      a.x = p.x.data();
+      a.x_m = static_cast<std::int64_t>(p.x.stride(0));
+      a.x_e = static_cast<std::int64_t>(p.x.stride(1));
+    }
     a.has_residual = given(p.residual);
     if (a.has_residual) {
       a.residual = p.residual.data();
@@ -263,11 +317,12 @@ struct rms_norm_backend<Kokkos::Cuda> {
       a.residual_out_m = static_cast<std::int64_t>(p.residual_out.stride(0));
       a.residual_out_e = static_cast<std::int64_t>(p.residual_out.stride(1));
     }
-    a.rows = static_cast<int>(p.x.extent(0));
-    a.features = static_cast<int>(p.x.extent(1));
+    a.rows = static_cast<int>(ssm::detail::rows(p));
+    a.features = static_cast<int>(ssm::detail::features(p));
     a.eps = p.eps;
 
-    bool const vectorized = vectorizable_rows(p.x) && vectorizable_rows(p.out) &&
+    bool const vectorized = (partials ? cuda::detail::vectorizable_slices(p.x_partials) : vectorizable_rows(p.x)) &&
+                            vectorizable_rows(p.out) &&
                             cuda::detail::vectorizable_vector(p.weight) &&
                             (!a.has_residual || vectorizable_rows(p.residual)) &&
                             (!a.has_residual_out || vectorizable_rows(p.residual_out));
