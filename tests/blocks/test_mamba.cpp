@@ -1,6 +1,7 @@
 // The Mamba mixer and block: the mixer against the same equations composed from the sequential
 // references on plain channel-major copies; forward over L tokens against L steps; a sequence in
 // pieces against the whole; the residual block; shape errors.
+#include <array>
 #include <cstddef>
 #include <string>
 
@@ -139,7 +140,7 @@ TEST_CASE("mamba mixer: a sequence in pieces equals the whole, with the state ca
   mixer.forward(space(), hidden, out);
   space().fence();
   for (std::size_t k : {std::size_t{1}, std::size_t{2}, std::size_t{10}, std::size_t{22}}) {
-    auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+    auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
     host3<float> first("first", B, k, c.d_model), second("second", B, L - k, c.d_model);
     host3<float> first_out("first_out", B, k, c.d_model), second_out("second_out", B, L - k, c.d_model);
     Kokkos::deep_copy(first, Kokkos::subview(hidden, Kokkos::ALL, Kokkos::make_pair(std::size_t{0}, k), Kokkos::ALL));
@@ -183,7 +184,7 @@ TEST_CASE("mamba block: residual add, RMSNorm, mixer, and forward equals steps",
   require_close(out, expected, mixer_tolerance<float>(c, L, max_abs(expected)), "block out");
 
   // and token by token, with the residual stream per token
-  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
   host2<float> token("token", B, c.d_model), token_residual("token_residual", B, c.d_model), token_out("o", B, c.d_model);
   host3<float> stepped("stepped", B, L, c.d_model);
   for (std::size_t l = 0; l < L; ++l) {
@@ -283,7 +284,7 @@ TEST_CASE("mamba mixer: a conv of width 1 has an empty conv state, and still ste
   space().fence();
   require_close(out, reference_mixer<float, float>(c, mixer.weights(), hidden),
                 mixer_tolerance<float>(c, L, max_abs(out)), "forward");
-  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, B);
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
   REQUIRE(state.conv.extent(2) == 0);
   host2<float> token("token", B, c.d_model), token_out("token_out", B, c.d_model);
   for (std::size_t l = 0; l < L; ++l) {
@@ -293,4 +294,93 @@ TEST_CASE("mamba mixer: a conv of width 1 has an empty conv state, and still ste
     for (int e = 0; e < c.d_model; ++e)
       CHECK(token_out(0, e) == Approx(out(0, l, e)).margin(1e-5 * std::max(1.0, max_abs(out))));
   }
+}
+
+namespace {
+
+/// Two blocks stepped through out_proj's partial sums (`step_rows::partials`) against the same two
+/// blocks stepped through rows of T: the second block's norm must add the first block's partials,
+/// in order and rounded to T, into the residual stream (checked exactly), and the outputs and
+/// states of both paths must agree within the rounding of a mixer.
+template <class T>
+void check_partial_steps(mamba_config const& c, std::size_t B, std::size_t S) {
+  CAPTURE(B, S);
+  std::size_t const E = c.d_model;
+  Kokkos::View<T*, Kokkos::LayoutRight, Kokkos::HostSpace> norm_weight("norm", E);
+  fill_uniform(norm_weight, 31, 0.7f, 1.3f);
+  using block_type = mamba_block<space, T, T>;
+  block_type const first(mamba_mixer<space, T, T>(c, random_weights<T>(c, 32)), norm_weight);
+  block_type const second(mamba_mixer<space, T, T>(c, random_weights<T>(c, 33)), norm_weight);
+  host2<T> hidden("hidden", B, E), by_rows("by_rows", B, E), by_partials("by_partials", B, E);
+  host2<float> residual("residual", B, E), residual_rows("residual_rows", B, E);
+  fill_uniform(hidden, 34, -2.0f, 2.0f);
+  fill_uniform(residual, 35, -2.0f, 2.0f);
+  Kokkos::deep_copy(residual_rows, residual);
+  std::array<mamba_state<T, Kokkos::HostSpace>, 2> rows_state{mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B)),
+                                                              mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B))};
+  std::array<mamba_state<T, Kokkos::HostSpace>, 2> partials_state{mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B)),
+                                                                  mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B))};
+  Kokkos::deep_copy(by_rows, hidden);
+  first.step(space(), by_rows, residual_rows, by_rows, rows_state[0]);
+  second.step(space(), by_rows, residual_rows, by_rows, rows_state[1]);
+
+  using rows = step_rows<T, Kokkos::HostSpace>;
+  using input = step_rows<const T, Kokkos::HostSpace>;
+  typename rows::partials_view const partials("partials", S, B, E);
+  first.step(space(), input{hidden, {}}, residual, rows{{}, partials}, partials_state[0]);
+  space().fence();
+  host2<float> expected("expected", B, E);  // the residual stream once the second norm has added them
+  for (std::size_t b = 0; b < B; ++b)
+    for (std::size_t e = 0; e < E; ++e) {
+      float sum = 0.0f;
+      for (std::size_t s = 0; s < S; ++s) sum += partials(s, b, e);
+      expected(b, e) = residual(b, e) + to_float(from_float<T>(sum));
+    }
+  second.step(space(), input{{}, partials}, residual, rows{by_partials, {}}, partials_state[1]);
+  space().fence();
+  require_close(residual, expected, {0.0, 0.0}, "residual stream after the partial sums");
+  auto const tol = [&](auto const& v) { return mixer_tolerance<T>(c, 1, 4.0 * max_abs(v)); };
+  require_close(residual, residual_rows, tol(residual_rows), "residual stream");
+  require_close(by_partials, by_rows, tol(by_rows), "output");
+  for (int i = 0; i < 2; ++i) {
+    require_close(partials_state[i].ssm, rows_state[i].ssm, tol(rows_state[i].ssm), "ssm state");
+    require_close(partials_state[i].conv, rows_state[i].conv, tol(rows_state[i].conv), "conv state");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("mamba block: steps through out_proj's partial sums equal steps through rows", "[mamba]") {
+  for (std::size_t B : {1, 3, 9})
+    for (std::size_t S : {1, 2, 3}) {
+      check_partial_steps<float>(wide_config(), B, S);
+      check_partial_steps<bf16>(wide_config(), B, S);
+    }
+}
+
+TEST_CASE("mamba block: a step's input and output are rows or partial sums, one of each", "[mamba][errors]") {
+  mamba_config const c = wide_config();
+  std::size_t const B = 2, E = c.d_model;
+  Kokkos::View<float*, Kokkos::LayoutRight, Kokkos::HostSpace> norm_weight("norm", E);
+  fill_uniform(norm_weight, 1, 0.7f, 1.3f);
+  mamba_block<space, float, float> const block(mamba_mixer<space, float, float>(c, random_weights<float>(c, 2)),
+                                               norm_weight);
+  auto state = mamba_state<float, Kokkos::HostSpace>::zeros(c, static_cast<int>(B));
+  host2<float> hidden("hidden", B, E), residual("residual", B, E);
+  using rows = step_rows<float, Kokkos::HostSpace>;
+  using input = step_rows<const float, Kokkos::HostSpace>;
+  rows::partials_view const partials("partials", 2, B, E);
+  require_shape_error([&] { block.step(space(), input{hidden, partials}, residual, rows{hidden, {}}, state); },
+                      {"input must be rows or partial sums"});
+  require_shape_error([&] { block.step(space(), input{hidden, {}}, residual, rows{}, state); },
+                      {"output must be rows or partial sums"});
+  require_shape_error(
+      [&] { block.step(space(), input{hidden, {}}, residual, rows{{}, rows::partials_view("p", 7, B, E)}, state); },
+      {"S dividing K"});
+  mamba_config biased = c;
+  biased.bias = true;
+  mamba_block<space, float, float> const with_bias(
+      mamba_mixer<space, float, float>(biased, random_weights<float>(biased, 3)), norm_weight);
+  require_shape_error([&] { with_bias.step(space(), input{hidden, {}}, residual, rows{{}, partials}, state); },
+                      {"out_proj", "bias"});
 }

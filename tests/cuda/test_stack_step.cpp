@@ -180,3 +180,53 @@ TEST_CASE("the stack's step in one launch is not taken for a batch, or when swit
   REQUIRE(backend::runs == before);
   gpu::space().fence();
 }
+
+namespace {
+
+/// The model's step of B sequences on the GPU through out_proj's partial sums between blocks
+/// (`step_partials`; forced to S where S > 0) against the host model's step through rows.
+template <class T>
+void compare_partials(model_config const& c, int B, int S, int steps) {
+  CAPTURE(c.d_model, c.d_inner, c.n_layer, B, S);
+  using partials = step_partials<gpu::space>;
+  struct restore {
+    ~restore() { partials::force_slices = -1; }
+  } const restore_choice;
+  partials::force_slices = S > 0 ? S : -1;
+  REQUIRE(partials::slices<T, T>(c.mixer(), static_cast<std::size_t>(B)) == (S > 0 ? S : 2));
+  auto const weights = random_model<T>(c, 37);
+  mamba_lm<Kokkos::DefaultHostExecutionSpace, T, T> const on_host(weights);
+  mamba_lm<gpu::space, T, T> const on_gpu(mamba_lm_weights<T, gpu::memory>::copy_of(weights));
+  auto host_cache = on_host.make_cache(B);
+  auto gpu_cache = on_gpu.make_cache(B);
+  std::size_t const V = on_host.vocab();
+  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, Kokkos::HostSpace> ids("ids", B);
+  Kokkos::View<std::int32_t*, Kokkos::LayoutRight, gpu::memory> d_ids("ids", B);
+  host2<T> logits("logits", B, V);
+  gpu::dev2<T> d_logits("logits", B, V);
+  for (int s = 0; s < steps; ++s) {
+    CAPTURE(s);
+    for (int b = 0; b < B; ++b) ids(b) = static_cast<std::int32_t>((7 * s + 5 * b + 3) % c.vocab_size);
+    Kokkos::deep_copy(d_ids, ids);
+    on_host.step(Kokkos::DefaultHostExecutionSpace(), ids, logits, host_cache);
+    Kokkos::DefaultHostExecutionSpace().fence();
+    gpu::poison(d_logits);
+    on_gpu.step(gpu::space(), d_ids, d_logits, gpu_cache);
+    require_close(gpu::to_host(d_logits), logits, stack_tolerance<T>(logits, c), "logits");
+    for (int i = 0; i < c.n_layer; ++i) {
+      CAPTURE(i);
+      auto const& h = host_cache.layers[static_cast<std::size_t>(i)];
+      require_close(gpu::to_host(gpu_cache.layers[static_cast<std::size_t>(i)].ssm), h.ssm,
+                    stack_tolerance<T>(h.ssm, c), "SSM state");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the model's steps through out_proj's partial sums match the host model's steps", "[cuda][stack]") {
+  compare_partials<float>(model_shape(64, 128, 16, 4, 8, false, 4), 3, 2, 3);
+  compare_partials<bf16>(model_shape(64, 128, 16, 4, 8, false, 4), 3, 4, 3);
+  compare_partials<bf16>(model_shape(64, 128, 16, 4, 8, false, 1), 2, 2, 2);  // one block: rows only
+  compare_partials<bf16>(model_shape(1280, 2560, 16, 4, 80, false, 3), 16, 0, 2);  // the default choice, 2
+}

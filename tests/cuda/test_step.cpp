@@ -170,3 +170,86 @@ TEST_CASE("fused decoding step on the GPU matches the host step in fp16", "[cuda
 TEST_CASE("fused decoding step on the GPU, fp32 activations over bf16 weights", "[cuda][step]") {
   sweep<float, bf16>();
 }
+
+namespace {
+
+/// Two blocks stepped on the GPU through out_proj's partial sums (`step_rows::partials`, S of
+/// them, cuBLASLt's strided batch and the norm kernel that adds them) against the same two blocks
+/// stepped on the host through rows of T.
+template <class T>
+void compare_partial_blocks(mamba_config const& c, int B, std::size_t S, int steps) {
+  CAPTURE(c.d_model, c.d_inner, B, S);
+  using host_block = mamba_block<Kokkos::DefaultHostExecutionSpace, T, T>;
+  using gpu_block = mamba_block<gpu::space, T, T>;
+  Kokkos::View<T*, Kokkos::LayoutRight, Kokkos::HostSpace> norm("norm", c.d_model);
+  fill_uniform(norm, 7, 0.5f, 1.5f);
+  Kokkos::View<T*, Kokkos::LayoutRight, gpu::memory> d_norm("norm", c.d_model);
+  Kokkos::deep_copy(d_norm, norm);
+  std::vector<host_block> on_host;
+  std::vector<gpu_block> on_gpu;
+  std::vector<typename host_block::state_type> host_state;
+  std::vector<typename gpu_block::state_type> gpu_state;
+  for (int i = 0; i < 2; ++i) {
+    auto const host_weights = random_weights<T>(c, 40 + static_cast<std::uint64_t>(i));
+    auto const device_weights = mamba_mixer_weights<T, gpu::memory>::allocate(c);
+    device_weights.copy_from(host_weights);
+    on_host.emplace_back(typename host_block::mixer_type(c, host_weights), norm);
+    on_gpu.emplace_back(typename gpu_block::mixer_type(c, device_weights), d_norm);
+    host_state.push_back(host_block::state_type::zeros(c, B));
+    gpu_state.push_back(gpu_block::state_type::zeros(c, B));
+    random_states(host_state[i], gpu_state[i], 8 + 2 * static_cast<std::uint64_t>(i));
+  }
+  host2<float> residual("residual", B, c.d_model);
+  fill_uniform(residual, 10, -2.0f, 2.0f);
+  gpu::dev2<float> d_residual("residual", B, c.d_model);
+  Kokkos::deep_copy(d_residual, residual);
+  host2<T> hidden("hidden", B, c.d_model);
+  gpu::dev2<T> d_hidden("hidden", B, c.d_model);
+  typename step_rows<T, gpu::memory>::partials_view const d_partials("partials", S, B, c.d_model);
+  using rows = step_rows<T, gpu::memory>;
+  using input = step_rows<const T, gpu::memory>;
+  std::size_t const terms = static_cast<std::size_t>(c.d_inner) * static_cast<std::size_t>(c.d_state + 4);
+  for (int s = 0; s < steps; ++s) {
+    CAPTURE(s);
+    fill_uniform(hidden, 300 + static_cast<std::uint64_t>(s));
+    Kokkos::deep_copy(d_hidden, hidden);
+    for (int i = 0; i < 2; ++i) on_host[i].step(Kokkos::DefaultHostExecutionSpace(), hidden, residual, hidden, host_state[i]);
+    Kokkos::DefaultHostExecutionSpace().fence();
+    on_gpu[0].step(gpu::space(), input{d_hidden, {}}, d_residual, rows{{}, d_partials}, gpu_state[0]);
+    on_gpu[1].step(gpu::space(), input{{}, d_partials}, d_residual, rows{d_hidden, {}}, gpu_state[1]);
+    require_close(gpu::to_host(d_hidden), hidden, step_tolerance<T>(hidden, 2 * terms), "output of the second block");
+    require_close(gpu::to_host(d_residual), residual, step_tolerance<T>(residual, 2 * terms), "residual");
+    for (int i = 0; i < 2; ++i)
+      require_close(gpu::to_host(gpu_state[i].ssm), host_state[i].ssm, step_tolerance<T>(host_state[i].ssm, terms),
+                    "SSM state");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("block steps through out_proj's partial sums on the GPU match the host's through rows", "[cuda][step]") {
+  for (std::size_t S : {1, 2, 4}) {
+    compare_partial_blocks<float>(shape(64, 128, 16, 4, 8, false), 3, S, 3);
+    compare_partial_blocks<bf16>(shape(64, 128, 16, 4, 8, false), 3, S, 3);
+    compare_partial_blocks<bf16>(shape(256, 512, 16, 4, 16, false), 1, S, 2);   // one sequence: the unfused step
+    compare_partial_blocks<bf16>(shape(1280, 2560, 16, 4, 80, false), 16, S, 2);  // half the 2.8B widths, cuBLASLt
+  }
+}
+
+TEST_CASE("the model chooses partial sums between blocks where out_proj runs on cuBLASLt", "[cuda][step]") {
+  using partials = step_partials<gpu::space>;
+  struct restore {
+    ~restore() { partials::force_slices = -1; }
+  } const restore_choice;
+  partials::force_slices = -1;
+  mamba_config const big = shape(2560, 5120, 16, 4, 160, false);
+  CHECK(partials::slices<bf16, bf16>(big, 1) == 0);  // the fused block step
+  CHECK(partials::slices<bf16, bf16>(big, 2) == 2);
+  CHECK(partials::slices<bf16, bf16>(big, 64) == 2);
+  CHECK(partials::slices<float, bf16>(big, 64) == 0);  // mixed types: no cuBLASLt
+  CHECK(partials::slices<bf16, bf16>(shape(2560, 5120, 16, 4, 160, true), 64) == 0);  // a bias
+  CHECK(partials::slices<bf16, bf16>(shape(64, 128, 16, 4, 8, false), 4) == 0);  // the matrix-vector kernel's rows
+  partials::force_slices = 4;
+  CHECK(partials::slices<bf16, bf16>(shape(64, 128, 16, 4, 8, false), 4) == 4);
+  CHECK(partials::slices<bf16, bf16>(shape(64, 130, 16, 4, 8, false), 4) == 0);  // 4 does not divide D
+}

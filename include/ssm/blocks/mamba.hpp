@@ -222,6 +222,8 @@ class mamba_mixer {
   /// \tparam V element type.
   template <class V>
   using tensor2 = Kokkos::View<V**, Kokkos::LayoutRight, memory_space>;
+  /// \brief A decoding step's out_proj output as S fp32 partial sums over slices of D: (S, B, E).
+  using partials_type = Kokkos::View<float***, Kokkos::LayoutRight, memory_space>;
 
   /// \brief A mixer of the given sizes and weights.
   /// \param config the sizes and options; validated.
@@ -321,30 +323,33 @@ class mamba_mixer {
     std::size_t const B = hidden.extent(0);
     check_tokens(fn, hidden.extent(1), out.extent(0) == B && out.extent(1) == hidden.extent(1));
     check_state(fn, state, B);
-    std::size_t const D = config_.d_inner;
     if (B == 0) return;
-    reserve(B);
-    T* xz = scratch_.xz.data();
-    T* xc = scratch_.xc.data();
-    T* y = scratch_.y.data();
-
+    T const* y = step_to_y(space, hidden, state);
     using M_ = memory_space;
-    linear(space, linear_params<T, Wt, M_>{hidden, weights_.in_proj_weight, weights_.in_proj_bias,
-                                           strided<T, M_>(xz, B, 2 * D, 2 * D, 1)});
-    if constexpr (mamba_step_backend<ExecSpace>::fused) {
-      if (mamba_step_backend<ExecSpace>::fuses(B)) {
-        mamba_step_backend<ExecSpace>::run(space, config_,
-                                           mamba_step_params<T, Wt, M_>{xz, state.conv.data(), state.ssm.data(), xc,
-                                                                        scratch_.x_dbl.data(), &weights_, y,
-                                                                        static_cast<int>(B)});
-      } else {
-        step_op_by_op(space, B, state);
-      }
-    } else {
-      step_op_by_op(space, B, state);
-    }
+    std::size_t const D = config_.d_inner;
     linear(space, linear_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1), weights_.out_proj_weight,
                                            weights_.out_proj_bias, out});
+  }
+
+  /// \brief `step`, with out_proj's output left as S fp32 partial sums over slices of D
+  /// (`ssm::linear_partials`) for the next block's norm to add (`rms_norm_params::x_partials`).
+  /// \param space,hidden,state as for `step`.
+  /// \param out (S, B, E) out_proj's partial sums, S dividing D.
+  /// \throws ssm::shape_error as `step` does, if S does not divide D, or if out_proj has a bias.
+  void step(ExecSpace const& space, tensor2<const T> const& hidden, partials_type const& out, state_type& state) const {
+    char const* fn = "ssm::mamba_mixer::step";
+    std::size_t const B = hidden.extent(0);
+    check_tokens(fn, hidden.extent(1), out.extent(1) == B && out.extent(2) == hidden.extent(1));
+    detail::require(!config_.bias, fn, "out_proj's output can be left as partial sums only without a bias");
+    check_state(fn, state, B);
+    if (B == 0) return;
+    T const* y = step_to_y(space, hidden, state);
+    using M_ = memory_space;
+    std::size_t const D = config_.d_inner;
+    linear_partials(space, linear_partials_params<T, Wt, M_>{strided<const T, M_>(y, B, D, D, 1),
+                                                             weights_.out_proj_weight,
+                                                             strided<float, M_>(out.data(), out.extent(0), out.stride(0),
+                                                                                B, out.stride(1), out.extent(2), 1)});
   }
 
   /// \brief The tensors a decoding step of B sequences works on: this mixer's scratch (grown to B
@@ -361,6 +366,30 @@ class mamba_mixer {
   }
 
  private:
+  /// \brief `step` up to out_proj: in_proj and the middle (fused where the backend fuses it).
+  /// \return the gated scan output y (B, D) in the mixer's scratch.
+  T const* step_to_y(ExecSpace const& space, tensor2<const T> const& hidden, state_type& state) const {
+    std::size_t const B = hidden.extent(0), D = config_.d_inner;
+    reserve(B);
+    T* xz = scratch_.xz.data();
+    T* xc = scratch_.xc.data();
+    T* y = scratch_.y.data();
+    using M_ = memory_space;
+    linear(space, linear_params<T, Wt, M_>{hidden, weights_.in_proj_weight, weights_.in_proj_bias,
+                                           strided<T, M_>(xz, B, 2 * D, 2 * D, 1)});
+    if constexpr (mamba_step_backend<ExecSpace>::fused) {
+      if (mamba_step_backend<ExecSpace>::fuses(B)) {
+        mamba_step_backend<ExecSpace>::run(space, config_,
+                                           mamba_step_params<T, Wt, M_>{xz, state.conv.data(), state.ssm.data(), xc,
+                                                                        scratch_.x_dbl.data(), &weights_, y,
+                                                                        static_cast<int>(B)});
+        return y;
+      }
+    }
+    step_op_by_op(space, B, state);
+    return y;
+  }
+
   /// \brief The middle of `step` (see `mamba_step_params`) as portable ops, one after another.
   void step_op_by_op(ExecSpace const& space, std::size_t B, state_type& state) const {
     std::size_t const D = config_.d_inner, N = config_.d_state, R = config_.dt_rank;
@@ -489,6 +518,33 @@ class mamba_mixer {
   mutable scratch scratch_;
 };
 
+/// \brief A block's input or output in a decoding step, for one token of B sequences: rows (B, E)
+/// of T, or out_proj's S fp32 partial sums (S, B, E) for the next block's norm to add
+/// (`mamba_mixer::step`'s second form); exactly one of the two is given.
+/// \tparam T activation storage type, const for an input. \tparam MemSpace their memory space.
+template <class T, class MemSpace>
+struct step_rows {
+  using partials_view = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;  ///< the type of `partials`
+  Kokkos::View<T**, Kokkos::LayoutRight, MemSpace> rows;  ///< (B, E), or
+  partials_view partials;                                 ///< (S, B, E): the rows are their sum, rounded to T
+};
+
+/// \brief How many partial sums a model should have each block's out_proj leave for the next
+/// block's norm (`step_rows::partials`) in a decoding step of `batch` sequences; 0 for rows of T.
+///
+/// The primary template says 0 (rows of T). A backend where a product's own sum over K is a launch
+/// of its own (cuBLASLt's split K on `Kokkos::Cuda`) specialises it.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+struct step_partials {
+  /// \brief The number of partial sums, or 0. \tparam T,Wt activation and weight storage types.
+  /// \return 0: rows of T.
+  template <class T, class Wt>
+  static int slices(mamba_config const&, std::size_t) {
+    return 0;
+  }
+};
+
 /// \brief A Mamba residual block: residual += hidden; out = mixer(RMSNorm(residual)).
 ///
 /// Like the mixer, it keeps scratch buffers: one object must not run two calls at once.
@@ -541,7 +597,7 @@ class mamba_block {
     std::size_t const B = hidden.extent(0), L = hidden.extent(1), E = hidden.extent(2);
     detail::require(residual.extent(0) == B && residual.extent(1) == L && residual.extent(2) == E,
                     "ssm::mamba_block::forward", "residual must have the shape of hidden (B, L, E)");
-    tensor2<T> normed = norm(space, hidden.data(), residual.data(), B * L, E);
+    tensor2<T> normed = norm(space, hidden.data(), {}, residual.data(), B * L, E);
     mixer_.forward(space, tensor3<const T>(static_cast<T const*>(normed.data()), B, L, E), out, state);
   }
 
@@ -571,8 +627,44 @@ class mamba_block {
         return;
       }
     }
-    tensor2<T> normed = norm(space, hidden.data(), residual.data(), B, E);
+    tensor2<T> normed = norm(space, hidden.data(), {}, residual.data(), B, E);
     mixer_.step(space, tensor2<const T>(static_cast<T const*>(normed.data()), B, E), out, state);
+  }
+
+  /// \brief One token of each of B sequences (asynchronous on `space`), the input and the output
+  /// each either rows of T or out_proj's partial sums (`step_rows`): a model whose backend asks for
+  /// them (`step_partials`) chains its blocks through partial sums, and the sum over out_proj's
+  /// slices is added by the next norm instead of a launch of its own.
+  /// \param space the execution space instance the work runs on.
+  /// \param in the previous block's output: rows (B, E) or partial sums (S, B, E).
+  /// \param residual (B, E) fp32 residual stream; updated in place.
+  /// \param out this block's output: rows (B, E), which may be the memory of `in.rows`, or partial
+  ///        sums (S', B, E), S' dividing D, which may be the memory of `in.partials`.
+  /// \param state `conv` (B, D, W-1) and `ssm` (B, D, N), advanced by one token in place.
+  /// \throws ssm::shape_error if a shape disagrees, if not exactly one of rows and partial sums is
+  ///         given for `in` or for `out`, or for partial sums out of a mixer with biases.
+  void step(ExecSpace const& space, step_rows<const T, memory_space> const& in, tensor2<float> const& residual,
+            step_rows<T, memory_space> const& out, state_type& state) const {
+    char const* fn = "ssm::mamba_block::step";
+    detail::require(given(in.rows) != given(in.partials), fn, "the input must be rows or partial sums, exactly one");
+    detail::require(given(out.rows) != given(out.partials), fn, "the output must be rows or partial sums, exactly one");
+    if (given(in.rows) && given(out.rows)) {
+      step(space, in.rows, residual, out.rows, state);
+      return;
+    }
+    std::size_t const B = given(in.rows) ? in.rows.extent(0) : in.partials.extent(1);
+    std::size_t const E = given(in.rows) ? in.rows.extent(1) : in.partials.extent(2);
+    detail::require(residual.extent(0) == B && residual.extent(1) == E, fn, "residual must be (B, E) = " +
+                                                                                  detail::shape_string(B, E));
+    if (given(out.rows))
+      detail::require(out.rows.extent(0) == B && out.rows.extent(1) == E, fn, "out must be (B, E) = " +
+                                                                                  detail::shape_string(B, E));
+    if (B == 0) return;
+    tensor2<T> const normed = given(in.rows) ? norm(space, in.rows.data(), {}, residual.data(), B, E)
+                                             : norm(space, nullptr, in.partials, residual.data(), B, E);
+    tensor2<const T> const x(static_cast<T const*>(normed.data()), B, E);
+    if (given(out.rows)) mixer_.step(space, x, out.rows, state);
+    else mixer_.step(space, x, out.partials, state);
   }
 
   /// \brief The tensors of a decoding step of this block (the arguments of `step`, the norm's
@@ -588,14 +680,18 @@ class mamba_block {
 
  private:
   /// \brief residual += hidden; return RMSNorm(residual), M rows of E, in the block's scratch.
-  tensor2<T> norm(ExecSpace const& space, T const* hidden, float* residual, std::size_t M, std::size_t E) const {
+  /// hidden: M rows of E, or (with `hidden` null) the sum of `partials` (S, M, E) rounded to T.
+  tensor2<T> norm(ExecSpace const& space, T const* hidden,
+                  Kokkos::View<float***, Kokkos::LayoutRight, memory_space> const& partials, float* residual,
+                  std::size_t M, std::size_t E) const {
     detail::require(E == static_cast<std::size_t>(mixer_.config().d_model), "ssm::mamba_block",
                     "hidden must have d_model = " + std::to_string(mixer_.config().d_model) + " features");
     if (normed_.extent(0) < M)
       normed_ = tensor2<T>(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::mamba_block::normed")), M, E);
     using M_ = memory_space;
     rms_norm_params<T, Wt, M_> p;
-    p.x = strided<const T, M_>(hidden, M, E, E, 1);
+    if (hidden) p.x = strided<const T, M_>(hidden, M, E, E, 1);
+    else p.x_partials = partials;
     p.residual = strided<const float, M_>(residual, M, E, E, 1);
     p.weight = norm_weight_;
     p.eps = mixer_.config().norm_eps;

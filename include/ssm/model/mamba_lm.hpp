@@ -238,12 +238,32 @@ class mamba_lm {
     tensor2<T> const hidden(hidden_.data(), B, E);
     tensor2<float> const residual(residual_.data(), B, E);
     Kokkos::deep_copy(space, residual, 0.0f);
-    if (!step_at_once(space, hidden, residual, state))
-      for (std::size_t i = 0; i < blocks_.size(); ++i) blocks_[i].step(space, hidden, residual, hidden, state.layers[i]);
+    if (!step_at_once(space, hidden, residual, state)) step_each(space, hidden, residual, state);
     head(space, hidden, residual, logits);
   }
 
  private:
+  /// The blocks' steps one after another: through rows of T, or through out_proj's partial sums
+  /// where the space's `step_partials` asks for them (the last block still writes rows of T).
+  void step_each(ExecSpace const& space, tensor2<T> const& hidden, tensor2<float> const& residual, cache& state) const {
+    std::size_t const B = hidden.extent(0), E = hidden.extent(1), n = blocks_.size();
+    auto const S = static_cast<std::size_t>(step_partials<ExecSpace>::template slices<T, Wt>(config().mixer(), B));
+    if (S == 0 || n < 2) {
+      for (std::size_t i = 0; i < n; ++i) blocks_[i].step(space, hidden, residual, hidden, state.layers[i]);
+      return;
+    }
+    if (partials_.extent(0) < S * B * E)
+      partials_ = Kokkos::View<float*, memory_space>(
+          Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string("ssm::mamba_lm::partials")), S * B * E);
+    using rows = step_rows<T, memory_space>;
+    using input = step_rows<const T, memory_space>;
+    typename rows::template partials_view const partials(partials_.data(), S, B, E);
+    blocks_[0].step(space, input{hidden, {}}, residual, rows{{}, partials}, state.layers[0]);
+    for (std::size_t i = 1; i + 1 < n; ++i)
+      blocks_[i].step(space, input{{}, partials}, residual, rows{{}, partials}, state.layers[i]);
+    blocks_[n - 1].step(space, input{{}, partials}, residual, rows{hidden, {}}, state.layers[n - 1]);
+  }
+
   /// Every block's step in one go, if the space's `mamba_stack_step_backend` takes it.
   bool step_at_once(ExecSpace const& space, tensor2<T> const& hidden, tensor2<float> const& residual, cache& state) const {
     using backend = mamba_stack_step_backend<ExecSpace>;
@@ -302,6 +322,7 @@ class mamba_lm {
   mutable Kokkos::View<float*, memory_space> residual_;  // (M, E) the residual stream
   mutable Kokkos::View<T*, memory_space> normed_;      // (M, E) the final norm's output
   mutable Kokkos::View<std::uint32_t*, memory_space> step_words_;  // mamba_stack_step_backend's scratch
+  mutable Kokkos::View<float*, memory_space> partials_;  // (S, B, E) out_proj's partial sums between blocks
 };
 
 }  // namespace ssm

@@ -39,6 +39,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 
 #include <ssm/conv/causal_conv1d.hpp>
@@ -48,6 +49,7 @@
 #include <ssm/core/math.hpp>
 #include <ssm/core/views.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
+#include <ssm/linear/cuda/narrow.cuh>
 
 namespace ssm {
 
@@ -509,6 +511,47 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, 1, E, 0, cuda::kernels::out_proj_threads,
              "ssm::mamba_block::step (CUDA): out_proj_residual");
     }
+  }
+};
+
+/// \brief On `Kokkos::Cuda`, from 2 sequences, each block's out_proj leaves 2 fp32 partial sums
+/// for the next block's norm to add (`step_rows`).
+///
+/// There out_proj is cuBLASLt's, which splits its long K and adds the slices in a launch of its
+/// own: at the 2.8B shape on an H200 (`bench_cuda_linear --variants`) that pair took 10.84 µs at
+/// 16 rows and 11.16 at 64, against 8.95 and 9.23 for two products over halves of K into fp32
+/// partial sums with no launch to add them. The norm after it reads the partials instead of one
+/// row of T. Not at one sequence, whose block step is fused (`mamba_block_step_backend`), nor
+/// where out_proj has a bias or mixes storage types (the portable product would run).
+template <>
+struct step_partials<Kokkos::Cuda> {
+  /// A number of partial sums to use instead of the choice below (0 for none), for the tests and
+  /// benchmarks; -1, the default, to let `slices` choose. `SSM_CUDA_STEP_PARTIALS` sets it too.
+  static inline thread_local int force_slices = -1;
+
+  /// \brief 2 where out_proj would run on cuBLASLt (2 sequences or more, outside the shapes of
+  /// the matrix-vector kernel and `narrow_gemm`); 0 otherwise.
+  /// \tparam T,Wt activation and weight storage types.
+  /// \param c the sizes. \param batch the sequences.
+  /// \return the number of partial sums, or 0 for rows of T.
+  template <class T, class Wt>
+  static int slices(mamba_config const& c, std::size_t batch) {
+    if (c.bias || !std::is_same_v<T, Wt>) return 0;
+    int const forced = force_slices >= 0 ? force_slices : from_environment();
+    std::size_t const E = c.d_model;
+    bool const own_kernel = (E <= 1024 && batch <= static_cast<std::size_t>(cuda::gemv_max_rows)) ||
+                            (E <= static_cast<std::size_t>(cuda::narrow_max_outputs) && batch <= static_cast<std::size_t>(cuda::narrow_max_rows));
+    int const S = forced >= 0 ? forced : batch >= 2 && !own_kernel ? 2 : 0;
+    return S > 0 && c.d_inner % S == 0 ? S : 0;
+  }
+
+ private:
+  static int from_environment() {
+    static int const value = [] {
+      char const* v = std::getenv("SSM_CUDA_STEP_PARTIALS");
+      return v && *v ? std::atoi(v) : -1;
+    }();
+    return value;
   }
 };
 
