@@ -316,10 +316,10 @@ void check_partial_steps(mamba_config const& c, std::size_t B, std::size_t S) {
   fill_uniform(hidden, 34, -2.0f, 2.0f);
   fill_uniform(residual, 35, -2.0f, 2.0f);
   Kokkos::deep_copy(residual_rows, residual);
-  std::array<mamba_state<T, Kokkos::HostSpace>, 2> rows_state{mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B)),
-                                                              mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B))};
-  std::array<mamba_state<T, Kokkos::HostSpace>, 2> partials_state{mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B)),
-                                                                  mamba_state<T, Kokkos::HostSpace>::zeros(c, static_cast<int>(B))};
+  using state = mamba_state<T, Kokkos::HostSpace>;
+  int const batch = static_cast<int>(B);
+  std::array<state, 2> rows_state{state::zeros(c, batch), state::zeros(c, batch)};
+  std::array<state, 2> partials_state{state::zeros(c, batch), state::zeros(c, batch)};
   Kokkos::deep_copy(by_rows, hidden);
   first.step(space(), by_rows, residual_rows, by_rows, rows_state[0]);
   second.step(space(), by_rows, residual_rows, by_rows, rows_state[1]);

@@ -121,6 +121,7 @@ void compare_block(mamba_config const& c, int B, int steps) {
   host2<T> hidden("hidden", B, c.d_model);
   gpu::dev2<T> d_hidden("hidden", B, c.d_model);
   std::size_t const terms = static_cast<std::size_t>(c.d_inner) * static_cast<std::size_t>(c.d_state + 4);
+  std::size_t const runs_before = mamba_block_step_backend<gpu::space>::runs;
   for (int s = 0; s < steps; ++s) {
     CAPTURE(s);
     fill_uniform(hidden, 200 + static_cast<std::uint64_t>(s));
@@ -131,8 +132,16 @@ void compare_block(mamba_config const& c, int B, int steps) {
     require_close(gpu::to_host(d_hidden), hidden, step_tolerance<T>(hidden, terms), "block step output");
     require_close(gpu::to_host(d_residual), residual, derived_tolerance<float>(1, 4.0), "residual");
     require_close(gpu::to_host(gpu_state.ssm), host_state.ssm, step_tolerance<T>(host_state.ssm, terms), "SSM state");
-    require_close(gpu::to_host(gpu_state.conv), host_state.conv, step_tolerance<T>(host_state.conv, 1), "conv state");
+    // its last tap is in_proj's output, a sum over d_model terms
+    require_close(gpu::to_host(gpu_state.conv), host_state.conv,
+                  step_tolerance<T>(host_state.conv, static_cast<std::size_t>(c.d_model)), "conv state");
   }
+  // the fused kernels took every step they are written for: whole 16-byte pieces, filters of at
+  // most 4 taps, up to the most sequences allowed, in the types of the matrix-vector kernel
+  std::size_t const vec = 16 / sizeof(Wt);
+  bool const fused = ssm::cuda::gemv_types<T, Wt> && B <= mamba_block_step_backend<gpu::space>::max_batch() &&
+                     c.d_model % vec == 0 && c.d_inner % vec == 0 && c.d_conv <= 4;
+  CHECK(mamba_block_step_backend<gpu::space>::runs == runs_before + (fused ? static_cast<std::size_t>(steps) : 0u));
 }
 
 template <class T, class Wt>
@@ -154,6 +163,19 @@ void block_sweep() {
     mamba_block_step_backend<gpu::space>::force_in_proj_rows = rows;
     compare_block<T, Wt>(shape(256, 1024, 16, 4, 16, true), 1, 2);
   }
+  mamba_block_step_backend<gpu::space>::force_in_proj_rows = 0;
+  // 2 sequences through the fused kernels, then op by op when the limit is 1
+  struct restore_batch {
+    ~restore_batch() { mamba_block_step_backend<gpu::space>::force_max_batch = 0; }
+  } const restore_max;
+  for (int limit : {2, 1}) {
+    CAPTURE(limit);
+    mamba_block_step_backend<gpu::space>::force_max_batch = limit;
+    compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 2, 3);
+    compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 2, 2);
+    compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 2, 2);  // the 2.8B model's widths
+  }
+  compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 3, 1);  // past the fused kernels
 }
 
 }  // namespace
@@ -244,7 +266,8 @@ TEST_CASE("the model chooses partial sums between blocks where out_proj runs on 
   partials::force_slices = -1;
   mamba_config const big = shape(2560, 5120, 16, 4, 160, false);
   CHECK(partials::slices<bf16, bf16>(big, 1) == 0);  // the fused block step
-  CHECK(partials::slices<bf16, bf16>(big, 2) == 2);
+  CHECK(partials::slices<bf16, bf16>(big, 2) == 0);
+  CHECK(partials::slices<bf16, bf16>(big, 3) == 2);
   CHECK(partials::slices<bf16, bf16>(big, 64) == 2);
   CHECK(partials::slices<float, bf16>(big, 64) == 0);  // mixed types: no cuBLASLt
   CHECK(partials::slices<bf16, bf16>(shape(2560, 5120, 16, 4, 160, true), 64) == 0);  // a bias

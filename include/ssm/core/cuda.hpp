@@ -78,6 +78,30 @@ inline int compute_major() {
   return major;
 }
 
+/// \brief The most shared memory one block of the current device may ask for (read once per
+/// device), the opt-in limit above the default 48 KiB: a kernel must be allowed it (`allow_shared`).
+/// \return bytes.
+inline std::size_t max_shared_per_block() {
+  static int limits[64] = {};
+  int device = 0;
+  check(cudaGetDevice(&device), "ssm::cuda::max_shared_per_block: cudaGetDevice");
+  int& limit = limits[device % 64];
+  if (limit == 0)
+    check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "ssm::cuda::max_shared_per_block");
+  return static_cast<std::size_t>(limit);
+}
+
+/// \brief Let `kernel` take `bytes` of dynamic shared memory, past the default 48 KiB if need be.
+/// \param kernel the `__global__` function. \param bytes its dynamic shared memory.
+/// \throws ssm::error if the device refuses.
+template <class... Params>
+void allow_shared(void (*kernel)(Params...), std::size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+        "ssm::cuda::allow_shared");
+}
+
 /// \brief Whether a pointer is aligned to `bytes`.
 /// \param p the pointer. \param bytes a power of two. \return `p % bytes == 0`.
 inline bool aligned(void const* p, std::size_t bytes) {

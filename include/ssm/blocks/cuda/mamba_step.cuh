@@ -4,7 +4,7 @@
 ///
 /// A block's step is the residual add and RMSNorm, in_proj, the conv update, x_proj, dt_proj,
 /// softplus, the state update, the gate and out_proj, for one token of each of B sequences.
-/// Here (`mamba_block_step_backend`, one sequence):
+/// Here (`mamba_block_step_backend`, one or two sequences):
 /// 1. `norm_in_proj_conv`: in_proj as the weight-streaming matrix-vector product
 ///    (`ssm/linear/cuda/gemv.cuh`), each block first normalising residual + hidden into shared
 ///    memory for itself (a few kilobytes from L2, the norm's weights read before the wait for
@@ -234,7 +234,7 @@ constexpr std::size_t norm_shared_bytes(std::size_t M, std::size_t E) {
 /// sequence; one binary with the prologue chosen at run time, alternating twice) a token took
 /// 2.067 ms so, 2.088 with the weights alone read early, and 2.261 with both read from memory in
 /// each pass, as before. With the staged row of `dt_state_update`: 2.140 → 2.027 ms.
-/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Rows outputs per warp.
+/// \tparam M sequences (1 to 8; the backend launches 1 and 2). \tparam Rows outputs per warp.
 /// \tparam Depth loads per batch (see `gemv_block`).
 template <int M, int Rows, int Depth, class T, class Wt>
 __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_args<T, Wt> const a, int split) {
@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(gemv_threads) norm_in_proj_conv(block_step_arg
 ///
 /// Grid: as `gemv` with one output per warp over E outputs, K = D split `split` ways, in blocks of
 /// `out_proj_threads`.
-/// \tparam M sequences (1 to 8; the backend launches 1). \tparam Depth loads per batch (see `gemv_block`).
+/// \tparam M sequences (1 to 8; the backend launches 1 and 2). \tparam Depth loads per batch (see `gemv_block`).
 template <int M, int Depth, class T, class Wt>
 __global__ void __launch_bounds__(out_proj_threads) out_proj_residual(block_step_args<T, Wt> const a, int split) {
   constexpr int vec = 16 / sizeof(Wt);
@@ -395,7 +395,7 @@ struct mamba_step_backend<Kokkos::Cuda> {
   }
 };
 
-/// \brief On `Kokkos::Cuda` a block's decoding step of one sequence is four launches (see the
+/// \brief On `Kokkos::Cuda` a block's decoding step of one or two sequences is four launches (see the
 /// file comment).
 template <>
 struct mamba_block_step_backend<Kokkos::Cuda> {
@@ -414,17 +414,17 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
   /// per token: one output per warp 2.75, two 2.61, four 2.55 (320 blocks: two waves), five 2.32
   /// (256 blocks: one wave). Batches of one load instead of two per row hold fewer bytes in flight:
   /// four 2.54, five 2.68, six 2.60, eight 2.57.
-  /// \tparam T activation storage type. \tparam Wt weight storage type.
+  /// \tparam M sequences. \tparam T activation storage type. \tparam Wt weight storage type.
   /// \param outputs in_proj's outputs, 2D. \param shared the kernel's dynamic shared memory.
   /// \return 4, 5 or 6.
-  template <class T, class Wt>
+  template <int M, class T, class Wt>
   static int in_proj_rows(int outputs, std::size_t shared) {
     int best = 0;
     long best_waves = 0;
     cuda::for_each_constant<4, 5, 6>([&](auto rows) {
       int per_multiprocessor = 0;
       cuda::check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                      &per_multiprocessor, cuda::kernels::norm_in_proj_conv<1, rows, 2, T, Wt>,
+                      &per_multiprocessor, cuda::kernels::norm_in_proj_conv<M, rows, 2, T, Wt>,
                       cuda::kernels::gemv_threads, shared),
                   "ssm::mamba_block::step (CUDA): occupancy of norm_in_proj_conv");
       long const resident = static_cast<long>(per_multiprocessor) * cuda::multiprocessors();
@@ -436,11 +436,34 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
     return best;
   }
 
-  /// \brief Whether to fuse this step: one sequence (at 2 to 8, in_proj and out_proj are faster
-  /// through cuBLASLt than through the matrix-vector kernel: `bench_cuda_linear`; at 8 the fused
-  /// step made the 2.8B model 3x slower on an H200), whole aligned 16-byte pieces of every row the
-  /// matrix-vector products read, `norm_shared_bytes` within 48 KiB (d_model up to 4915 in 16-bit
-  /// types), and a conv filter of at most `max_fused_conv_width` taps.
+  /// The most sequences `run` takes, 1 or 2; 0 (the default) for `SSM_CUDA_FUSED_BLOCK_BATCH`, or
+  /// `max_fused_batch` where that is not set. The tests set it.
+  static inline thread_local int force_max_batch = 0;
+  /// Steps `run` has taken on this thread (the tests check that it took theirs).
+  static inline thread_local std::size_t runs = 0;
+  /// \brief The most sequences `run` takes (its kernels are instantiated for 1 and 2).
+  ///
+  /// On an H200 (2.8B, bf16; one binary, the limit set at run time, alternating twice), ms per
+  /// step: 2 sequences 2.639 op by op against 2.355 fused; instantiated for 3 and 4 as well, the
+  /// fused step took 3.762 and 4.534 ms against 2.685 and 2.699 op by op.
+  static constexpr int max_fused_batch = 2;
+
+  /// \brief The most sequences a fused step takes (see `force_max_batch`).
+  /// \return 1 to `max_fused_batch`.
+  static int max_batch() {
+    static int const from_environment = [] {
+      char const* v = std::getenv("SSM_CUDA_FUSED_BLOCK_BATCH");
+      return v && *v ? std::atoi(v) : max_fused_batch;
+    }();
+    int const b = force_max_batch > 0 ? force_max_batch : from_environment;
+    return b < 1 ? 1 : b > max_fused_batch ? max_fused_batch : b;
+  }
+
+  /// \brief Whether to fuse this step: up to `max_batch()` sequences (from 3, in_proj and out_proj
+  /// are faster through cuBLASLt than through the matrix-vector kernel: see `max_fused_batch`, and
+  /// at 8 the fused step made the 2.8B model 3x slower on an H200), whole aligned 16-byte pieces
+  /// of every row the matrix-vector products read, `norm_shared_bytes` within a block's shared
+  /// memory, and a conv filter of at most `max_fused_conv_width` taps.
   /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
   /// \param c the block's sizes. \param p the tensors.
   /// \return true if `run` takes it.
@@ -455,8 +478,9 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       bool const pieces = E % vec == 0 && D % vec == 0;
       bool const aligned = cuda::aligned(p.mixer.y, 16) && cuda::aligned(w.in_proj_weight.data(), 16) &&
                            cuda::aligned(w.out_proj_weight.data(), 16);
-      return B == 1 && pieces && aligned && c.d_conv <= cuda::kernels::max_fused_conv_width &&
-             cuda::kernels::norm_shared_bytes<T>(B, E) <= 48 * 1024;
+      return B >= 1 && B <= static_cast<std::size_t>(max_batch()) && pieces && aligned &&
+             c.d_conv <= cuda::kernels::max_fused_conv_width &&
+             cuda::kernels::norm_shared_bytes<T>(B, E) <= cuda::max_shared_per_block();
     }
   }
 
@@ -467,6 +491,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
   template <class T, class Wt, class MemSpace>
   static void run(Kokkos::Cuda const& space, mamba_config const& c, mamba_block_step_params<T, Wt, MemSpace> const& p) {
     if constexpr (cuda::gemv_types<T, Wt>) {
+      ++runs;
       auto const& w = *p.mixer.weights;
       int const E = c.d_model, D = c.d_inner;
       cuda::kernels::block_step_args<T, Wt> const a{p.hidden,
@@ -494,43 +519,55 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
             cuda::blocks_for(static_cast<std::size_t>(N), static_cast<std::size_t>(rows * (threads / 32) / split));
         cuda::launch(kernel, dim3(blocks), dim3(static_cast<unsigned>(threads)), shared, stream, what, a, split);
       };
-      std::size_t const normed_bytes = cuda::kernels::norm_shared_bytes<T>(1, static_cast<std::size_t>(E));
-      // the choice is a few driver queries: made once per device and size
-      thread_local struct {
-        int device = -1, outputs = 0, rows = 0;
-      } choice;
-      int device = 0;
-      cuda::check(cudaGetDevice(&device), "ssm::mamba_block::step (CUDA): cudaGetDevice");
-      if (choice.device != device || choice.outputs != 2 * D)
-        choice = {device, 2 * D, in_proj_rows<T, Wt>(2 * D, normed_bytes)};
-      cuda::with_constant<4, 5, 6>(force_in_proj_rows != 0 ? force_in_proj_rows : choice.rows, [&](auto rows) {
-        launch(cuda::kernels::norm_in_proj_conv<1, rows, 2, T, Wt>, rows, 2 * D, normed_bytes,
-               cuda::kernels::gemv_threads, "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+      int const B = p.mixer.batch;
+      std::size_t const normed_bytes =
+          cuda::kernels::norm_shared_bytes<T>(static_cast<std::size_t>(B), static_cast<std::size_t>(E));
+      cuda::with_constant<1, 2>(B, [&](auto m) {
+        // the choice is a few driver queries: made once per device, size and batch
+        thread_local struct {
+          int device = -1, outputs = 0;
+          std::size_t shared = 0;
+          int rows = 0;
+        } choice;
+        int device = 0;
+        cuda::check(cudaGetDevice(&device), "ssm::mamba_block::step (CUDA): cudaGetDevice");
+        if (choice.device != device || choice.outputs != 2 * D || choice.shared != normed_bytes) {
+          cuda::for_each_constant<4, 5, 6>([&](auto rows) {
+            cuda::allow_shared(cuda::kernels::norm_in_proj_conv<m, rows, 2, T, Wt>, normed_bytes);
+          });
+          choice = {device, 2 * D, normed_bytes, in_proj_rows<m, T, Wt>(2 * D, normed_bytes)};
+        }
+        cuda::with_constant<4, 5, 6>(force_in_proj_rows != 0 ? force_in_proj_rows : choice.rows, [&](auto rows) {
+          cuda::allow_shared(cuda::kernels::norm_in_proj_conv<m, rows, 2, T, Wt>, normed_bytes);
+          launch(cuda::kernels::norm_in_proj_conv<m, rows, 2, T, Wt>, rows, 2 * D, normed_bytes,
+                 cuda::kernels::gemv_threads, "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
+        });
+        mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
+        launch(cuda::kernels::out_proj_residual<m, 2, T, Wt>, 1, E, 0, cuda::kernels::out_proj_threads,
+               "ssm::mamba_block::step (CUDA): out_proj_residual");
       });
-      mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
-      launch(cuda::kernels::out_proj_residual<1, 2, T, Wt>, 1, E, 0, cuda::kernels::out_proj_threads,
-             "ssm::mamba_block::step (CUDA): out_proj_residual");
     }
   }
 };
 
-/// \brief On `Kokkos::Cuda`, from 2 sequences, each block's out_proj leaves 2 fp32 partial sums
-/// for the next block's norm to add (`step_rows`).
+/// \brief On `Kokkos::Cuda`, past the fused block step's batches (from 3 sequences), each block's
+/// out_proj leaves 2 fp32 partial sums for the next block's norm to add (`step_rows`).
 ///
 /// There out_proj is cuBLASLt's, which splits its long K and adds the slices in a launch of its
 /// own: at the 2.8B shape on an H200 (`bench_cuda_linear --variants`) that pair took 10.84 µs at
 /// 16 rows and 11.16 at 64, against 8.95 and 9.23 for two products over halves of K into fp32
 /// partial sums with no launch to add them. The norm after it reads the partials instead of one
-/// row of T. Not at one sequence, whose block step is fused (`mamba_block_step_backend`), nor
-/// where out_proj has a bias or mixes storage types (the portable product would run).
+/// row of T. A step of 2 to 64 sequences of the 2.8B model took 1.2 to 1.7% less time so (H200,
+/// bf16, `SSM_CUDA_STEP_PARTIALS=0` alternating in the same run). Not where the block step is fused
+/// (`mamba_block_step_backend`), nor where out_proj has a bias or mixes storage types.
 template <>
 struct step_partials<Kokkos::Cuda> {
   /// A number of partial sums to use instead of the choice below (0 for none), for the tests and
   /// benchmarks; -1, the default, to let `slices` choose. `SSM_CUDA_STEP_PARTIALS` sets it too.
   static inline thread_local int force_slices = -1;
 
-  /// \brief 2 where out_proj would run on cuBLASLt (2 sequences or more, outside the shapes of
-  /// the matrix-vector kernel and `narrow_gemm`); 0 otherwise.
+  /// \brief 2 where out_proj would run on cuBLASLt (more sequences than the fused block step
+  /// takes, outside the shapes of the matrix-vector kernel and `narrow_gemm`); 0 otherwise.
   /// \tparam T,Wt activation and weight storage types.
   /// \param c the sizes. \param batch the sequences.
   /// \return the number of partial sums, or 0 for rows of T.
@@ -538,10 +575,12 @@ struct step_partials<Kokkos::Cuda> {
   static int slices(mamba_config const& c, std::size_t batch) {
     if (c.bias || !std::is_same_v<T, Wt>) return 0;
     int const forced = force_slices >= 0 ? force_slices : from_environment();
-    std::size_t const E = c.d_model;
-    bool const own_kernel = (E <= 1024 && batch <= static_cast<std::size_t>(cuda::gemv_max_rows)) ||
-                            (E <= static_cast<std::size_t>(cuda::narrow_max_outputs) && batch <= static_cast<std::size_t>(cuda::narrow_max_rows));
-    int const S = forced >= 0 ? forced : batch >= 2 && !own_kernel ? 2 : 0;
+    auto const E = static_cast<std::size_t>(c.d_model);
+    auto const size = [](int v) { return static_cast<std::size_t>(v); };
+    bool const own_kernel = (E <= 1024 && batch <= size(cuda::gemv_max_rows)) ||
+                            (E <= size(cuda::narrow_max_outputs) && batch <= size(cuda::narrow_max_rows));
+    bool const fused = batch <= size(mamba_block_step_backend<Kokkos::Cuda>::max_batch());
+    int const S = forced >= 0 ? forced : !fused && !own_kernel ? 2 : 0;
     return S > 0 && c.d_inner % S == 0 ? S : 0;
   }
 
