@@ -121,7 +121,8 @@ void compare_block(mamba_config const& c, int B, int steps) {
   host2<T> hidden("hidden", B, c.d_model);
   gpu::dev2<T> d_hidden("hidden", B, c.d_model);
   std::size_t const terms = static_cast<std::size_t>(c.d_inner) * static_cast<std::size_t>(c.d_state + 4);
-  std::size_t const runs_before = mamba_block_step_backend<gpu::space>::runs;
+  using backend = mamba_block_step_backend<gpu::space>;
+  std::size_t const runs_before = backend::runs, x_proj_state_before = backend::x_proj_state_runs;
   for (int s = 0; s < steps; ++s) {
     CAPTURE(s);
     fill_uniform(hidden, 200 + static_cast<std::uint64_t>(s));
@@ -141,39 +142,55 @@ void compare_block(mamba_config const& c, int B, int steps) {
   std::size_t const vec = 16 / sizeof(Wt);
   bool const fused = ssm::cuda::gemv_types<T, Wt> && B <= mamba_block_step_backend<gpu::space>::max_batch() &&
                      c.d_model % vec == 0 && c.d_inner % vec == 0 && c.d_conv <= 4;
-  CHECK(mamba_block_step_backend<gpu::space>::runs == runs_before + (fused ? static_cast<std::size_t>(steps) : 0u));
+  CHECK(backend::runs == runs_before + (fused ? static_cast<std::size_t>(steps) : 0u));
+  // and x_proj with the state update in one launch where it fits and was asked for
+  bool const one_launch = fused && backend::force_x_proj_state != 0 && backend::x_proj_state_fits(c);
+  CHECK(backend::x_proj_state_runs == x_proj_state_before + (one_launch ? static_cast<std::size_t>(steps) : 0u));
 }
 
 template <class T, class Wt>
 void block_sweep() {
-  compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 1, 4);
-  compare_block<T, Wt>(shape(96, 200, 16, 4, 12, false), 3, 3);   // D not a multiple of a block's outputs
-  compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 8, 2);  // R beyond the registers of dt_state_update
-  compare_block<T, Wt>(shape(32, 64, 1, 1, 1, false), 2, 3);      // N = 1, W = 1: no conv state
-  compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 9, 2);     // more sequences than the fused block takes
-  compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 1, 3);    // W = 3, no biases
-  compare_block<T, Wt>(shape(64, 128, 16, 1, 8, true), 1, 2);     // W = 1: no conv state
-  compare_block<T, Wt>(shape(64, 128, 16, 5, 8, true), 1, 3);     // a filter wider than the fused block takes
-  // each in_proj kernel the backend may choose; 2D = 2048 outputs, not a multiple of 5 or 6 warps' worth
-  struct restore_choice {
-    ~restore_choice() { mamba_block_step_backend<gpu::space>::force_in_proj_rows = 0; }
+  using backend = mamba_block_step_backend<gpu::space>;
+  struct restore_choices {
+    ~restore_choices() {
+      backend::force_in_proj_rows = 0;
+      backend::force_max_batch = 0;
+      backend::force_x_proj_state = -1;
+    }
   } const restore;
-  for (int rows : {4, 5, 6}) {
-    CAPTURE(rows);
-    mamba_block_step_backend<gpu::space>::force_in_proj_rows = rows;
-    compare_block<T, Wt>(shape(256, 1024, 16, 4, 16, true), 1, 2);
-  }
-  mamba_block_step_backend<gpu::space>::force_in_proj_rows = 0;
-  // 2 sequences through the fused kernels, then op by op when the limit is 1
-  struct restore_batch {
-    ~restore_batch() { mamba_block_step_backend<gpu::space>::force_max_batch = 0; }
-  } const restore_max;
-  for (int limit : {2, 1}) {
-    CAPTURE(limit);
-    mamba_block_step_backend<gpu::space>::force_max_batch = limit;
-    compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 2, 3);
-    compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 2, 2);
-    compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 2, 2);  // the 2.8B model's widths
+  // x_proj and the state update in one launch (`ssm/blocks/cuda/x_proj_state.cuh`), or in two
+  for (int one_launch : {1, 0}) {
+    CAPTURE(one_launch);
+    backend::force_x_proj_state = one_launch;
+    compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 1, 4);
+    compare_block<T, Wt>(shape(96, 200, 16, 4, 12, false), 3, 3);   // D not a multiple of a block's outputs
+    compare_block<T, Wt>(shape(96, 200, 16, 4, 12, false), 1, 2);   // one launch: channels not dealt evenly
+    compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 8, 2);  // R beyond the registers of dt_state_update
+    compare_block<T, Wt>(shape(256, 512, 16, 4, 300, true), 2, 2);  // one launch: R past its registers, 3 outputs a block
+    compare_block<T, Wt>(shape(64, 6144, 16, 4, 8, false), 1, 2);   // one launch: 47 channels a block, two rounds
+    compare_block<T, Wt>(shape(32, 64, 1, 1, 1, false), 2, 3);      // N = 1, W = 1: no conv state
+    compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 9, 2);     // more sequences than the fused block takes
+    compare_block<T, Wt>(shape(64, 128, 48, 3, 5, true), 1, 2);     // N past a half-warp's lanes
+    compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 1, 3);    // W = 3, no biases
+    compare_block<T, Wt>(shape(64, 128, 16, 1, 8, true), 1, 2);     // W = 1: no conv state
+    compare_block<T, Wt>(shape(64, 128, 16, 5, 8, true), 1, 3);     // a filter wider than the fused block takes
+    // each in_proj kernel the backend may choose; 2D = 2048 outputs, not a multiple of 5 or 6 warps' worth
+    for (int rows : {4, 5, 6}) {
+      CAPTURE(rows);
+      backend::force_in_proj_rows = rows;
+      compare_block<T, Wt>(shape(256, 1024, 16, 4, 16, true), 1, 2);
+    }
+    backend::force_in_proj_rows = 0;
+    // 2 sequences through the fused kernels, then op by op when the limit is 1
+    for (int limit : {2, 1}) {
+      CAPTURE(limit);
+      backend::force_max_batch = limit;
+      compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 2, 3);
+      compare_block<T, Wt>(shape(64, 128, 16, 3, 8, false), 2, 2);
+      compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 2, 2);  // the 2.8B model's widths
+    }
+    backend::force_max_batch = 0;
+    compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 1, 2);
   }
   compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 3, 1);  // past the fused kernels
 }

@@ -160,6 +160,9 @@ struct mamba_step_params {
   mamba_mixer_weights<Wt, MemSpace> const* weights;  ///< conv1d, x_proj, dt_proj, A and D
   T* y;                                           ///< (B, D) out: the gated scan output
   int batch;                                      ///< B
+  /// A word of scratch, zero between steps, for a backend whose step makes the blocks of one
+  /// launch meet (`ssm/blocks/cuda/step_tail.cuh`); null where the mixer has none.
+  unsigned* meeting = nullptr;
 };
 
 /// \brief Whether an execution space fuses the middle of a decoding step (`mamba_step_params`).
@@ -361,8 +364,9 @@ class mamba_mixer {
   mamba_step_params<T, Wt, memory_space> step_tensors(std::size_t B, state_type& state) const {
     check_state("ssm::mamba_mixer::step", state, B);
     reserve(B);
-    return {scratch_.xz.data(),    state.conv.data(), state.ssm.data(), scratch_.xc.data(),
-            scratch_.x_dbl.data(), &weights_,         scratch_.y.data(), static_cast<int>(B)};
+    return {scratch_.xz.data(),    state.conv.data(), state.ssm.data(),   scratch_.xc.data(),
+            scratch_.x_dbl.data(), &weights_,         scratch_.y.data(),   static_cast<int>(B),
+            scratch_.meeting.data()};
   }
 
  private:
@@ -494,6 +498,7 @@ class mamba_mixer {
     scratch_.x_dbl = make("ssm::mamba_mixer::x_dbl", M, xw);
     scratch_.dt = make("ssm::mamba_mixer::dt", M, D);
     scratch_.y = make("ssm::mamba_mixer::y", M, D);
+    if (!given(scratch_.meeting)) scratch_.meeting = Kokkos::View<unsigned*, memory_space>("ssm::mamba_mixer::meeting", 1);
     scratch_.tokens = M;
   }
 
@@ -511,6 +516,7 @@ class mamba_mixer {
     tensor2<T> x_dbl;        ///< (M, R + 2N) x_proj output: dt_low, B, C
     tensor2<T> dt;           ///< (M, D) dt_proj output
     tensor2<T> y;            ///< (M, D) gated scan output
+    Kokkos::View<unsigned*, memory_space> meeting;  ///< (1) zeros: `mamba_step_params::meeting`
   };
 
   mamba_config config_;

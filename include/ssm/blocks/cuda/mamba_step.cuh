@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// \brief A Mamba decoding step on `Kokkos::Cuda`: four launches per block instead of six.
+/// \brief A Mamba decoding step on `Kokkos::Cuda`: three or four launches per block instead of six.
 ///
 /// A block's step is the residual add and RMSNorm, in_proj, the conv update, x_proj, dt_proj,
 /// softplus, the state update, the gate and out_proj, for one token of each of B sequences.
@@ -19,6 +19,9 @@
 /// 4. `out_proj_residual`: out_proj, the thread that finishes out[n] also adding hidden[n] to
 ///    the residual stream (the add the norm of step 1 did in registers only: no block of step 1
 ///    may write the residual while others read it).
+///
+/// Where it fits (`plan_x_proj_state`), 2 and 3 are one launch, `x_proj_state_update`, whose blocks meet
+/// at a counter between the two (`ssm/blocks/cuda/x_proj_state.cuh`): three launches a block.
 ///
 /// A mixer's step alone (`mamba_step_backend`, one sequence: a block whose fused step does not
 /// apply) runs the conv update, x_proj and `dt_state_update`; larger batches go op by op.
@@ -42,9 +45,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <ssm/blocks/cuda/x_proj_state.cuh>
 #include <ssm/conv/causal_conv1d.hpp>
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/fast_math.cuh>
+#include <ssm/core/cuda/lanes.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
 #include <ssm/core/views.hpp>
@@ -64,30 +69,6 @@ inline constexpr int step_threads = 512;
 /// `gemv_threads`). On an H200, with `step_threads` 512: 2.140 against 2.148 ms per token with
 /// blocks of 256, and 2.159 with blocks of 128 (twice each, alternating in one run).
 inline constexpr int out_proj_threads = 512;
-
-/// \brief Sum over the 32 lanes of a warp; every lane gets the total.
-__device__ inline float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
-/// \brief A load through L2 only (`ld.global.cg`), not kept in L1.
-/// \tparam T `float`, `ssm::f16` or `ssm::bf16`. \param p the element. \return its value.
-template <class T>
-__device__ inline T load_from_l2(T const* p) {
-  if constexpr (sizeof(T) == 2) {
-    unsigned short const bits = __ldcg(reinterpret_cast<unsigned short const*>(p));
-    T v;
-    memcpy(&v, &bits, sizeof v);
-    return v;
-  } else {
-    static_assert(sizeof(T) == 4);
-    float const f = __ldcg(reinterpret_cast<float const*>(p));
-    T v;
-    memcpy(&v, &f, sizeof v);
-    return v;
-  }
-}
 
 /// \brief What `dt_state_update` reads and writes. x_dbl (B, R + 2N) is x_proj's output: dt_low,
 /// B, C; dt_proj (D, R); dt_bias (D); A (D, N); skip (D), the D of the equations; xz (B, 2D), z
@@ -214,6 +195,7 @@ struct block_step_args {
   Wt const* out_bias;       ///< (E) or null
   T* out;                   ///< (B, E); may be `hidden`
   int E, D, W;              ///< d_model, d_inner, d_conv
+  unsigned* arrived = nullptr;  ///< `x_proj_state_update`'s meeting, if it ran: zeroed after the wait
 };
 
 /// \brief Dynamic shared memory of `norm_in_proj_conv` for M sequences of E features: the norm's
@@ -330,7 +312,11 @@ __global__ void __launch_bounds__(out_proj_threads) out_proj_residual(block_step
   constexpr int vec = 16 / sizeof(Wt);
   int const E = a.E, D = a.D;
   gemv_block<M, 1, Depth, out_proj_threads>(
-      a.out_proj, D, E, D, split, [] { wait_for_previous_kernel(); },
+      a.out_proj, D, E, D, split,
+      [&] {
+        wait_for_previous_kernel();
+        if (a.arrived && blockIdx.x == 0 && threadIdx.x == 0) *a.arrived = 0;  // every block has met
+      },
       [&](int m, int p, float (&out)[vec]) { load_float<T, vec>(a.y + m * D + p * vec, out); },
       [&](int m, int n, float sum) {
         if (a.out_bias) sum += to_float(a.out_bias[n]);
@@ -395,8 +381,8 @@ struct mamba_step_backend<Kokkos::Cuda> {
   }
 };
 
-/// \brief On `Kokkos::Cuda` a block's decoding step of one or two sequences is four launches (see the
-/// file comment).
+/// \brief On `Kokkos::Cuda` a block's decoding step of one or two sequences is three or four
+/// launches (see the file comment).
 template <>
 struct mamba_block_step_backend<Kokkos::Cuda> {
   static constexpr bool fused = true;  ///< `mamba_block::step` asks `fuses`, then calls `run`
@@ -484,7 +470,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
     }
   }
 
-  /// \brief Enqueue the four launches on `space`'s stream.
+  /// \brief Enqueue the three or four launches on `space`'s stream.
   /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
   /// \param space the execution space instance. \param c the block's sizes.
   /// \param p the tensors (see `mamba_block_step_params`); `fuses(c, p)` must hold.
@@ -494,24 +480,24 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
       ++runs;
       auto const& w = *p.mixer.weights;
       int const E = c.d_model, D = c.d_inner;
-      cuda::kernels::block_step_args<T, Wt> const a{p.hidden,
-                                                    p.residual,
-                                                    p.norm_weight,
-                                                    c.norm_eps,
-                                                    w.in_proj_weight.data(),
-                                                    c.bias ? w.in_proj_bias.data() : nullptr,
-                                                    w.conv1d_weight.data(),
-                                                    c.conv_bias ? w.conv1d_bias.data() : nullptr,
-                                                    p.mixer.conv_state,
-                                                    p.mixer.xz,
-                                                    p.mixer.xc,
-                                                    p.mixer.y,
-                                                    w.out_proj_weight.data(),
-                                                    c.bias ? w.out_proj_bias.data() : nullptr,
-                                                    p.out,
-                                                    E,
-                                                    D,
-                                                    c.d_conv};
+      cuda::kernels::block_step_args<T, Wt> a{p.hidden,
+                                              p.residual,
+                                              p.norm_weight,
+                                              c.norm_eps,
+                                              w.in_proj_weight.data(),
+                                              c.bias ? w.in_proj_bias.data() : nullptr,
+                                              w.conv1d_weight.data(),
+                                              c.conv_bias ? w.conv1d_bias.data() : nullptr,
+                                              p.mixer.conv_state,
+                                              p.mixer.xz,
+                                              p.mixer.xc,
+                                              p.mixer.y,
+                                              w.out_proj_weight.data(),
+                                              c.bias ? w.out_proj_bias.data() : nullptr,
+                                              p.out,
+                                              E,
+                                              D,
+                                              c.d_conv};
       cudaStream_t const stream = cuda::stream(space);
       auto launch = [&](auto kernel, int rows, int N, std::size_t shared, int threads, char const* what) {
         int const split = cuda::gemv_shape_for(N).split;
@@ -542,11 +528,94 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
           launch(cuda::kernels::norm_in_proj_conv<m, rows, 2, T, Wt>, rows, 2 * D, normed_bytes,
                  cuda::kernels::gemv_threads, "ssm::mamba_block::step (CUDA): norm_in_proj_conv");
         });
-        mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
+        if (x_proj_state_plan const t = plan_x_proj_state<T, Wt>(c, p); t) {
+          ++x_proj_state_runs;
+          run_x_proj_state<m>(stream, c, p, t);
+          a.arrived = p.mixer.meeting;  // out_proj_residual sets it back to zero
+        } else {
+          mamba_step_backend<Kokkos::Cuda>::after_conv(space, c, p.mixer);
+        }
         launch(cuda::kernels::out_proj_residual<m, 2, T, Wt>, 1, E, 0, cuda::kernels::out_proj_threads,
                "ssm::mamba_block::step (CUDA): out_proj_residual");
       });
     }
+  }
+
+  /// 1 to make `run` take x_proj and the state update in one launch (`ssm/blocks/cuda/x_proj_state.cuh`)
+  /// wherever it can, 0 to make it take two; -1, the default, for `SSM_CUDA_X_PROJ_STATE` (0 or 1), or
+  /// one launch where that is not set. The tests set it.
+  static inline thread_local int force_x_proj_state = -1;
+  /// Steps `run` has taken with x_proj and the state update in one launch, on this thread.
+  static inline thread_local std::size_t x_proj_state_runs = 0;
+
+  /// \brief How `x_proj_state_update` covers a step; false where it does not.
+  struct x_proj_state_plan {
+    int blocks = 0;    ///< one per multiprocessor at most
+    int channels = 0;  ///< per block
+    int outputs = 0;   ///< of x_proj per block
+    /// \brief Whether the launch takes the step. \return true if so.
+    explicit operator bool() const { return blocks > 0; }
+  };
+
+  /// \brief How `x_proj_state_update` would cover a block of these sizes on the current device,
+  /// whether or not it is asked for: the channels, then x_proj's outputs, dealt evenly over at most
+  /// one block per multiprocessor; false where a block's outputs outnumber its warps.
+  /// \param c the block's sizes. \return the plan, or false.
+  static x_proj_state_plan x_proj_state_fits(mamba_config const& c) {
+    int const SMs = cuda::multiprocessors();
+    int const D = c.d_inner, xw = c.dt_rank + 2 * c.d_state;
+    x_proj_state_plan t;
+    t.channels = (D + SMs - 1) / SMs;
+    t.blocks = (D + t.channels - 1) / t.channels;
+    t.outputs = (xw + t.blocks - 1) / t.blocks;
+    if (t.outputs > cuda::kernels::x_proj_state_threads / 32) return {};
+    return t;
+  }
+
+  /// \brief Whether, and how, `x_proj_state_update` takes a step: where it fits (`x_proj_state_fits`), x_proj's
+  /// rows fit its default shared memory, the mixer has its meeting word, and it is asked for
+  /// (`force_x_proj_state`).
+  /// \tparam T activation storage type. \tparam Wt weight storage type. \tparam MemSpace memory space.
+  /// \param c the block's sizes. \param p the tensors. \return the plan, or false.
+  template <class T, class Wt, class MemSpace>
+  static x_proj_state_plan plan_x_proj_state(mamba_config const& c, mamba_block_step_params<T, Wt, MemSpace> const& p) {
+    static int const from_environment = [] {
+      char const* v = std::getenv("SSM_CUDA_X_PROJ_STATE");
+      return v && *v ? std::atoi(v) : 1;
+    }();
+    if ((force_x_proj_state >= 0 ? force_x_proj_state : from_environment) == 0 || p.mixer.meeting == nullptr) return {};
+    std::size_t const rows_bytes = static_cast<std::size_t>(p.mixer.batch) * (c.dt_rank + 2 * c.d_state) * sizeof(T);
+    if (rows_bytes > 48 * 1024) return {};
+    return x_proj_state_fits(c);
+  }
+
+  /// \brief Enqueue `x_proj_state_update` (`fuses` and `plan_x_proj_state` hold); `out_proj_residual` must
+  /// follow it with its `arrived` set to the meeting's counter.
+  template <int M, class T, class Wt, class MemSpace>
+  static void run_x_proj_state(cudaStream_t stream, mamba_config const& c, mamba_block_step_params<T, Wt, MemSpace> const& p,
+                       x_proj_state_plan const& t) {
+    namespace k = cuda::kernels;
+    auto const& w = *p.mixer.weights;
+    int const D = c.d_inner, R = c.dt_rank, N = c.d_state;
+    k::x_proj_state_args<T, Wt> const a{.xc = p.mixer.xc,
+                                        .x_proj = w.x_proj_weight.data(),
+                                        .x_dbl = p.mixer.x_dbl,
+                                        .dt_proj = w.dt_proj_weight.data(),
+                                        .dt_bias = w.dt_proj_bias.data(),
+                                        .A = w.A.data(),
+                                        .skip = w.D.data(),
+                                        .xz = p.mixer.xz,
+                                        .state = p.mixer.ssm_state,
+                                        .y = p.mixer.y,
+                                        .arrived = p.mixer.meeting,
+                                        .D = D,
+                                        .R = R,
+                                        .N = N,
+                                        .channels = t.channels,
+                                        .outputs = t.outputs};
+    std::size_t const rows_bytes = static_cast<std::size_t>(M) * static_cast<std::size_t>(R + 2 * N) * sizeof(T);
+    cuda::launch(k::x_proj_state_update<M, T, Wt>, dim3(static_cast<unsigned>(t.blocks)), dim3(k::x_proj_state_threads),
+                 rows_bytes, stream, "ssm::mamba_block::step (CUDA): x_proj_state_update", a);
   }
 };
 

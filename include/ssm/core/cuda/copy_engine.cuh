@@ -1,10 +1,15 @@
 #pragma once
 /// \file
-/// \brief The copy engine (`cp.async.bulk`, Hopper on) and the shared-memory barriers that report
-/// its copies (`mbarrier`): a thread asks for a contiguous piece of global memory to land in shared
-/// memory and goes on; whoever needs the piece waits on the barrier. One instruction moves a whole
-/// piece, and the copies hold no registers while in flight. `mamba_stack_step` streams its weights
-/// this way; `tests/cuda/test_copy_engine.cpp` checks the protocol.
+/// \brief Copies into shared memory that hold no registers while in flight, and the counters that
+/// let the blocks of one launch meet.
+///
+/// - The copy engine (`cp.async.bulk`, Hopper on) and the shared-memory barriers that report its
+///   copies (`mbarrier`): a thread asks for a contiguous piece of global memory to land in shared
+///   memory and goes on; whoever needs the piece waits on the barrier. One instruction moves a
+///   whole piece. `mamba_stack_step` streams its weights this way;
+///   `tests/cuda/test_copy_engine.cpp` checks the protocol.
+/// - `cp.async` (Ampere on): each thread copies 16 bytes at a time, in groups it waits for itself.
+/// - A counter added to with release semantics and read with acquire semantics, at GPU scope.
 
 #include <cuda_runtime.h>
 
@@ -61,6 +66,61 @@ __device__ inline uint4 load_shared(void const* p) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "r"(shared_address(p)));
   return v;
+}
+
+/// \brief Start copying 16 bytes from global to shared memory without holding them in registers
+/// (`cp.async`, Ampere on); `copy_async_commit` closes a group of them and
+/// `copy_async_wait_pending` waits for groups.
+/// \param shared the destination, 16-byte aligned. \param global the source, 16-byte aligned.
+__device__ inline void copy_async_16(void* shared, void const* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  auto const to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(global) : "memory");
+#else
+  *static_cast<float4*>(shared) = *static_cast<float4 const*>(global);
+#endif
+}
+
+/// \brief Close the group of this thread's `copy_async_16` started since the last group (an empty
+/// group when none was).
+__device__ inline void copy_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+/// \brief Wait until at most `pending` (0 to 7) of this thread's latest groups of `copy_async_16`
+/// are still in flight: every older group has landed in shared memory. `cp.async.wait_group` takes
+/// a constant: `pending` must be one after unrolling, so that the switch folds away.
+__device__ __forceinline__ void copy_async_wait_pending(int pending) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  switch (pending) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+  }
+#else
+  (void)pending;
+#endif
+}
+
+/// \brief Read a counter with acquire semantics at GPU scope: what the blocks that added to it
+/// wrote before their `add_release` is visible after.
+__device__ inline unsigned load_acquire(unsigned const* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/// \brief Add 1 to a counter with release semantics at GPU scope: this thread's writes before it,
+/// and those of its block ordered before it by a barrier, go with it.
+__device__ inline void add_release(unsigned* p) {
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(p) : "memory");
 }
 
 }  // namespace ssm::cuda

@@ -131,13 +131,6 @@ struct stack_args {
   stack_layout s;              ///< the shared memory's layout
 };
 
-/// \brief Read a counter with acquire semantics at GPU scope.
-__device__ inline unsigned load_acquire(unsigned const* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 /// \brief `Count` consecutive values of T (a multiple of a 16-byte piece, `p` aligned) that other
 /// blocks wrote in this launch, read through L2 (`ld.global.cg`), all requests before any use.
 template <class T, int Count>
@@ -330,7 +323,7 @@ __global__ void __launch_bounds__(stack_threads, 1) mamba_stack_step(__grid_cons
     sync_consumers();
     ++phase;
     if (ct == 0) {  // the block's writes, ordered before the add by the barrier above, go with it
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.counter) : "memory");
+      add_release(a.counter);
       unsigned const target = phase * static_cast<unsigned>(G);
       while (load_acquire(a.counter) < target) {
       }

@@ -84,6 +84,7 @@
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
@@ -210,47 +211,6 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
       a.out(b, d) = from_float<T>(y);
     }
   }
-}
-
-/// \brief Start copying 16 bytes from global to shared memory without holding them in registers
-/// (`cp.async`, Ampere on); `copy_async_commit` closes a group of them and
-/// `copy_async_wait_pending` waits for groups.
-/// \param shared the destination, 16-byte aligned. \param global the source, 16-byte aligned.
-__device__ inline void copy_async_16(void* shared, void const* global) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  auto const to = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(global) : "memory");
-#else
-  *static_cast<float4*>(shared) = *static_cast<float4 const*>(global);
-#endif
-}
-
-/// \brief Close the group of this thread's `copy_async_16` started since the last group (an empty
-/// group when none was).
-__device__ inline void copy_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-
-/// \brief Wait until at most `pending` (0 to 7) of this thread's latest groups of `copy_async_16`
-/// are still in flight: every older group has landed in shared memory. `cp.async.wait_group` takes
-/// a constant: `pending` must be one after unrolling, so that the switch folds away.
-__device__ __forceinline__ void copy_async_wait_pending(int pending) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  switch (pending) {
-    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
-    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
-    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
-    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
-    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
-    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
-  }
-#else
-  (void)pending;
-#endif
 }
 
 /// \brief Sequences per block of `state_update_staged_kernel` at N states, `wanted` where the
