@@ -161,7 +161,7 @@ struct mamba_step_params {
   T* y;                                           ///< (B, D) out: the gated scan output
   int batch;                                      ///< B
   /// A word of scratch, zero between steps, for a backend whose step makes the blocks of one
-  /// launch meet (`ssm/blocks/cuda/step_tail.cuh`); null where the mixer has none.
+  /// launch meet (`ssm/blocks/cuda/x_proj_state.cuh`); null where the mixer has none.
   unsigned* meeting = nullptr;
 };
 
