@@ -55,6 +55,7 @@
 #include <ssm/core/views.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
 #include <ssm/linear/cuda/narrow.cuh>
+#include <ssm/scan/cuda/recurrence.cuh>
 
 namespace ssm {
 
@@ -149,27 +150,23 @@ __global__ void __launch_bounds__(step_threads) dt_state_update(dt_state_args<T,
     if (lane + 32 * i < R) dt += w_dt[i] * to_float(low[i]);
   for (int r = lane + 32 * rank_regs; r < R; r += 32)
     dt += to_float(a.dt_proj[static_cast<std::size_t>(d) * R + r]) * to_float(staged[r]);
-  dt = detail::softplus_fast(round_to<T>(warp_sum(dt)) + bias);
+  dt = detail::step_size<T>(warp_sum(dt), bias);
 
   float const u = to_float(u_raw);
   float out = 0.0f;
   if (has_state) {
-    float const next = detail::exp2_approx(dt * a2_lane) * h_lane + dt * u * to_float(B_lane);
+    float const next = detail::next_state(dt, a2_lane, h_lane, dt * u, to_float(B_lane));
     h[lane] = next;
     out = to_float(C_lane) * next;
   }
   for (int n = lane + 32; n < N; n += 32) {
     float const a2 = a.A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
-    float const next = detail::exp2_approx(dt * a2) * h[n] + dt * u * to_float(staged[R + n]);
+    float const next = detail::next_state(dt, a2, h[n], dt * u, to_float(staged[R + n]));
     h[n] = next;
     out += to_float(staged[R + N + n]) * next;
   }
   out = warp_sum(out);
-  if (lane == 0) {
-    out += d_skip * u;
-    out *= detail::silu_fast(to_float(z_raw));
-    a.y[bd] = from_float<T>(out);
-  }
+  if (lane == 0) a.y[bd] = from_float<T>(detail::gated_output(out, d_skip, u, to_float(z_raw)));
 }
 
 /// \brief The widest conv filter `norm_in_proj_conv` takes (its filter and past inputs live in
@@ -552,23 +549,26 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
   struct x_proj_state_plan {
     int blocks = 0;    ///< one per multiprocessor at most
     int channels = 0;  ///< per block
-    int outputs = 0;   ///< of x_proj per block
+    int split = 0;     ///< warps per output of x_proj
     /// \brief Whether the launch takes the step. \return true if so.
     explicit operator bool() const { return blocks > 0; }
   };
 
   /// \brief How `x_proj_state_update` would cover a block of these sizes on the current device,
-  /// whether or not it is asked for: the channels, then x_proj's outputs, dealt evenly over at most
-  /// one block per multiprocessor; false where a block's outputs outnumber its warps.
+  /// whether or not it is asked for: the channels dealt evenly over at most one block per
+  /// multiprocessor, then x_proj's outputs over the blocks, each output over as many warps as
+  /// divide a block's evenly; false where a block's outputs outnumber its warps.
   /// \param c the block's sizes. \return the plan, or false.
   static x_proj_state_plan x_proj_state_fits(mamba_config const& c) {
+    constexpr int warps = cuda::kernels::x_proj_state_threads / 32;
     int const SMs = cuda::multiprocessors();
     int const D = c.d_inner, xw = c.dt_rank + 2 * c.d_state;
     x_proj_state_plan t;
     t.channels = (D + SMs - 1) / SMs;
     t.blocks = (D + t.channels - 1) / t.channels;
-    t.outputs = (xw + t.blocks - 1) / t.blocks;
-    if (t.outputs > cuda::kernels::x_proj_state_threads / 32) return {};
+    int const outputs = (xw + t.blocks - 1) / t.blocks;
+    if (outputs > warps) return {};
+    for (t.split = warps / outputs; warps % t.split != 0;) --t.split;  // 2.8B: 2 outputs, 10 warps each
     return t;
   }
 
@@ -612,7 +612,7 @@ struct mamba_block_step_backend<Kokkos::Cuda> {
                                         .R = R,
                                         .N = N,
                                         .channels = t.channels,
-                                        .outputs = t.outputs};
+                                        .split = t.split};
     std::size_t const rows_bytes = static_cast<std::size_t>(M) * static_cast<std::size_t>(R + 2 * N) * sizeof(T);
     cuda::launch(k::x_proj_state_update<M, T, Wt>, dim3(static_cast<unsigned>(t.blocks)), dim3(k::x_proj_state_threads),
                  rows_bytes, stream, "ssm::mamba_block::step (CUDA): x_proj_state_update", a);

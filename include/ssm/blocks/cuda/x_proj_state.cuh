@@ -6,12 +6,13 @@
 /// After `norm_in_proj_conv` (`ssm/blocks/cuda/mamba_step.cuh`) the four-launch step runs x_proj,
 /// then `dt_state_update`, each waiting for the whole of the launch before it. Here
 /// `x_proj_state_update` does both with one block per multiprocessor: each block takes its few
-/// outputs of x_proj (K split over groups of warps, summed in order), the blocks meet at a counter
-/// (each adds to it with release semantics once its outputs are written, then waits until all
-/// have), and each block then updates the states of its run of channels as `dt_state_update` does,
-/// with a half-warp per channel (its 16 lanes over the states and dt_proj's rank) for every
-/// sequence, and writes y for `out_proj_residual`. The state update's weights are read before the
-/// wait for in_proj, and its u, z and states right after it, while x_proj runs.
+/// outputs of x_proj (`gemv_block`, K split over groups of warps, summed in order), the blocks meet
+/// at a counter (each adds to it with release semantics once its outputs are written, then waits
+/// until all have), and each block then updates the states of its run of channels as
+/// `dt_state_update` does (`ssm/scan/cuda/recurrence.cuh`), with a half-warp per channel (its 16
+/// lanes over the states and dt_proj's rank) for every sequence, and writes y for
+/// `out_proj_residual`. The state update's weights are read before the wait for in_proj, and its
+/// u, z and states right after it, while x_proj runs.
 ///
 /// The arithmetic is that of the four launches but for the order of the fp32 sums of x_proj's
 /// products (over K), of dt_proj and of C·h (over 16 lanes instead of 32).
@@ -37,16 +38,15 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <cstdint>
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/cuda/lanes.cuh>
-#include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
+#include <ssm/scan/cuda/recurrence.cuh>
 
 namespace ssm::cuda::kernels {
 
@@ -77,102 +77,54 @@ struct x_proj_state_args {
   unsigned* arrived;  ///< zero before the launch: blocks past x_proj
   int D, R, N;
   int channels;  ///< per block, a run of consecutive channels
-  int outputs;   ///< x_proj's outputs per block
+  int split;     ///< warps per output of x_proj, dividing the block's: it has 20 / split outputs
 };
 
 /// \brief x_proj, the grid's meeting, then dt_proj, softplus, the state update and the gate (see
 /// the file comment). Grid: one block per multiprocessor at most, of `x_proj_state_threads`; each
-/// block covers `outputs` outputs of x_proj and `channels` channels, with M (R + 2N) values of T of
-/// dynamic shared memory for x_proj's rows.
+/// block covers x_proj_state_threads / 32 / `split` outputs of x_proj and `channels` channels, with
+/// M (R + 2N) values of T of dynamic shared memory for x_proj's rows.
 /// \tparam M sequences (1 or 2).
 template <int M, class T, class Wt>
 __global__ void __launch_bounds__(x_proj_state_threads, 1) x_proj_state_update(x_proj_state_args<T, Wt> const a) {
-  allow_next_kernel();
-  constexpr int vec = 16 / sizeof(Wt);
-  constexpr int warps = x_proj_state_threads / 32, groups = x_proj_state_threads / state_lanes;
+  constexpr int vec = 16 / sizeof(Wt), groups = x_proj_state_threads / state_lanes;
   int const D = a.D, R = a.R, N = a.N, xw = R + 2 * N;
-  int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 
-  // x_proj: the block's outputs, each over `per_output` warps that split K
-  int const per_output = warps / a.outputs;
-  int const j = warp / per_output, part = warp % per_output;
-  int const o = static_cast<int>(blockIdx.x) * a.outputs + j;
-  bool const computes = j < a.outputs && o < xw;
-  int const pieces = D / vec, stride = 32 * per_output;
-  Wt const* const w_row = a.x_proj + static_cast<std::size_t>(computes ? o : 0) * D;
-  constexpr int depth = 4;  // 16-byte pieces per lane in flight
-  auto fetch = [&](int first, uint4 (&batch)[depth]) {
-#pragma unroll
-    for (int i = 0; i < depth; ++i) {
-      int const p = first + i * stride;
-      batch[i] = computes && p < pieces ? __ldg(reinterpret_cast<uint4 const*>(w_row + static_cast<std::size_t>(p) * vec))
-                                        : make_uint4(0u, 0u, 0u, 0u);
-    }
-  };
-  uint4 current[depth];
-  int first = part * 32 + lane;
-  fetch(first, current);  // before the wait: nothing in this step writes the weights
-
-  // The state update's weights for its first round: half-warp h takes channel c0 + h + r * groups
-  // in round r, for every sequence.
+  // The state update's half-warp h takes channel c0 + h + r * groups in round r, for every
+  // sequence. What its first round reads is asked for while x_proj runs: the weights before the
+  // wait for in_proj (nothing in this step writes them), u, z and the states right after it.
   int const h = static_cast<int>(threadIdx.x) / state_lanes, g = static_cast<int>(threadIdx.x) % state_lanes;
   int const c0 = static_cast<int>(blockIdx.x) * a.channels;
   auto valid = [&](int q) { return q < a.channels && c0 + q < D; };
   int const d0 = valid(h) ? c0 + h : D - 1;
   float w_dt[x_proj_state_rank_regs];
-#pragma unroll
-  for (int i = 0; i < x_proj_state_rank_regs; ++i) {
-    int const k = g + state_lanes * i;
-    w_dt[i] = k < R ? to_float(a.dt_proj[static_cast<std::size_t>(d0) * R + k]) : 0.0f;
-  }
-  float const a2_0 = g < N ? a.A[static_cast<std::size_t>(d0) * N + g] * detail::log2e : 0.0f;  // exp(dt A) = 2^(dt A2)
-  float const bias_0 = a.dt_bias[d0], skip_0 = a.skip[d0];
-  wait_for_previous_kernel();
-
-  // What in_proj's launch wrote for the first round (u, z), and its first states, asked for now
-  // so that they arrive while x_proj runs.
+  float a2_0, bias_0, skip_0;
   T u_0[M], z_0[M];
   float h_0[M];
+  auto prologue = [&] {
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    u_0[m] = a.xc[static_cast<std::size_t>(m) * D + d0];
-    z_0[m] = a.xz[static_cast<std::size_t>(m) * 2 * D + D + d0];
-    h_0[m] = g < N ? a.state[(static_cast<std::size_t>(m) * D + d0) * N + g] : 0.0f;
-  }
-
-  float acc[M] = {};
-  for (; computes && first < pieces; first += depth * stride) {
-    uint4 next[depth];
-    fetch(first + depth * stride, next);
-#pragma unroll
-    for (int i = 0; i < depth; ++i) {
-      int const p = first + i * stride;
-      if (p >= pieces) break;
-      float wv[vec];
-      widen_piece<Wt>(current[i], wv);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float xv[vec];
-        load_float<T, vec>(a.xc + static_cast<std::size_t>(m) * D + static_cast<std::size_t>(p) * vec, xv);
-#pragma unroll
-        for (int k = 0; k < vec; ++k) acc[m] += wv[k] * xv[k];
-      }
+    for (int i = 0; i < x_proj_state_rank_regs; ++i) {
+      int const k = g + state_lanes * i;
+      w_dt[i] = k < R ? to_float(a.dt_proj[static_cast<std::size_t>(d0) * R + k]) : 0.0f;
     }
+    a2_0 = g < N ? a.A[static_cast<std::size_t>(d0) * N + g] * detail::log2e : 0.0f;  // exp(dt A) = 2^(dt A2)
+    bias_0 = a.dt_bias[d0], skip_0 = a.skip[d0];
+    wait_for_previous_kernel();
 #pragma unroll
-    for (int i = 0; i < depth; ++i) current[i] = next[i];
-  }
-  __shared__ float partial[warps][M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    float const sum = warp_sum(acc[m]);
-    if (lane == 0) partial[warp][m] = sum;
-  }
-  __syncthreads();
-  if (computes && part == 0 && lane < M) {
-    float sum = 0.0f;
-    for (int s = 0; s < per_output; ++s) sum += partial[warp + s][lane];
-    a.x_dbl[static_cast<std::size_t>(lane) * xw + o] = from_float<T>(sum);
-  }
+    for (int m = 0; m < M; ++m) {
+      u_0[m] = a.xc[static_cast<std::size_t>(m) * D + d0];
+      z_0[m] = a.xz[static_cast<std::size_t>(m) * 2 * D + D + d0];
+      h_0[m] = g < N ? a.state[(static_cast<std::size_t>(m) * D + d0) * N + g] : 0.0f;
+    }
+  };
+
+  // x_proj: the block's outputs, K split over `split` warps each, 4 loads a lane in flight
+  gemv_block<M, 1, 4, x_proj_state_threads>(
+      a.x_proj, D, xw, D, a.split, prologue,
+      [&](int m, int p, float (&out)[vec]) {
+        load_float<T, vec>(a.xc + static_cast<std::size_t>(m) * D + static_cast<std::size_t>(p) * vec, out);
+      },
+      [&](int m, int o, float sum) { a.x_dbl[static_cast<std::size_t>(m) * xw + o] = from_float<T>(sum); });
 
   // The meeting: the block's outputs, ordered before the add by the barrier, go with it.
   __syncthreads();
@@ -216,7 +168,7 @@ __global__ void __launch_bounds__(x_proj_state_threads, 1) x_proj_state_update(x
         k0 = g + state_lanes * x_proj_state_rank_regs;
       }
       for (int k = k0; k < R; k += state_lanes) dt += to_float(a.dt_proj[static_cast<std::size_t>(d) * R + k]) * to_float(row[k]);
-      dt = detail::softplus_fast(round_to<T>(lanes_sum<state_lanes>(dt)) + bias);
+      dt = detail::step_size<T>(lanes_sum<state_lanes>(dt), bias);
 
       std::size_t const md = static_cast<std::size_t>(m) * D + d;
       float const u = to_float(held ? u_0[m] : a.xc[md]);
@@ -225,16 +177,14 @@ __global__ void __launch_bounds__(x_proj_state_threads, 1) x_proj_state_update(x
       for (int n = g; n < N; n += state_lanes) {
         float const a2n = n == g ? a2 : a.A[static_cast<std::size_t>(d) * N + n] * detail::log2e;
         float const before = held && n == g ? h_0[m] : hs[n];
-        float const next = detail::exp2_approx(dt * a2n) * before + dt * u * to_float(row[R + n]);
+        float const next = detail::next_state(dt, a2n, before, dt * u, to_float(row[R + n]));
         if (mine) hs[n] = next;
         out += to_float(row[R + N + n]) * next;
       }
       out = lanes_sum<state_lanes>(out);
       if (mine && g == 0) {
         float const z = to_float(held ? z_0[m] : a.xz[static_cast<std::size_t>(m) * 2 * D + D + d]);
-        out += skip * u;
-        out *= detail::silu_fast(z);
-        a.y[md] = from_float<T>(out);
+        a.y[md] = from_float<T>(detail::gated_output(out, skip, u, z));
       }
     }
   };

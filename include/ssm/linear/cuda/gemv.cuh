@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/lanes.cuh>
 #include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
 
@@ -139,8 +140,7 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
 #pragma unroll
   for (int r = 0; r < Rows; ++r)
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-      for (int offset = 16; offset > 0; offset /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], offset);
+    for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
   __shared__ float partial[Threads / 32][Rows][M];
   if (lane == 0)
 #pragma unroll

@@ -58,9 +58,11 @@
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
+#include <ssm/core/cuda/lanes.cuh>
 #include <ssm/core/cuda/pieces.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
+#include <ssm/scan/cuda/recurrence.cuh>
 
 namespace ssm {
 
@@ -438,33 +440,26 @@ __global__ void __launch_bounds__(stack_threads, 1) mamba_stack_step(__grid_cons
     for (int e = ct; e < X; e += threads) x_dbl[e] = load_from_l2(a.x_dbl + e);
     sync_consumers();
     int const half = lane / 16, hl = lane % 16;
-    auto half_sum = [](float x) {  // over the 16 lanes of a half-warp
-      for (int offset = 8; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-      return x;
-    };
     for (int pair = 2 * cw; pair < nc; pair += 2 * stack_consumers) {
       bool const has = pair + half < nc;
       int const c = has ? pair + half : pair;  // a real channel's addresses; nothing stored
       Wt const* w_dt = reinterpret_cast<Wt const*>(p + s.dt_proj) + static_cast<std::size_t>(c) * R;
       float dt = 0.0f;
       for (int r = hl; r < R; r += 16) dt += to_float(w_dt[r]) * to_float(x_dbl[r]);
-      dt = detail::softplus_fast(round_to<T>(half_sum(dt)) + reinterpret_cast<float const*>(p + s.dt_bias)[c]);
+      dt = detail::step_size<T>(lanes_sum<16>(dt), reinterpret_cast<float const*>(p + s.dt_bias)[c]);
       float const u = to_float(own_u[c]);
       float const* A = reinterpret_cast<float const*>(p + s.A) + c * N;
       float const* h = reinterpret_cast<float const*>(p + s.ssm_state) + c * N;
       float* const h_out = L.ssm_state + static_cast<std::size_t>(c0 + c) * N;
       float out = 0.0f;
       for (int n = hl; n < N; n += 16) {
-        float const next = detail::exp2_approx(dt * (A[n] * detail::log2e)) * h[n] + dt * u * to_float(x_dbl[R + n]);
+        float const next = detail::next_state(dt, A[n] * detail::log2e, h[n], dt * u, to_float(x_dbl[R + n]));
         if (has) h_out[n] = next;
         out += to_float(x_dbl[R + N + n]) * next;
       }
-      out = half_sum(out);
-      if (hl == 0 && has) {
-        out += reinterpret_cast<float const*>(p + s.skip)[c] * u;
-        out *= detail::silu_fast(to_float(own_z[c]));
-        a.y[c0 + c] = from_float<T>(out);
-      }
+      out = lanes_sum<16>(out);
+      if (hl == 0 && has)
+        a.y[c0 + c] = from_float<T>(detail::gated_output(out, reinterpret_cast<float const*>(p + s.skip)[c], u, to_float(own_z[c])));
     }
     __syncwarp();
     if (lane == 0) barrier_arrive(params_empty + region);

@@ -44,6 +44,7 @@
 #include <cstdint>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/lanes.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/norm/rms_norm.hpp>
 
@@ -119,8 +120,7 @@ __device__ inline void store(S* p, float const (&v)[N]) {
 /// \brief Sum of `v` over the `blockDim.x` threads of a row (a multiple of 32): every thread of
 /// the block must call it.
 __device__ inline float row_sum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  v = warp_sum(v);
   if (blockDim.x == 32) return v;
   __shared__ float partial[32];  // one slot per warp of the block
   unsigned const thread = threadIdx.y * blockDim.x + threadIdx.x;

@@ -86,9 +86,11 @@
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
+#include <ssm/core/cuda/lanes.cuh>
 #include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/math.hpp>
+#include <ssm/scan/cuda/recurrence.cuh>
 #include <ssm/scan/selective_scan.hpp>
 
 namespace ssm {
@@ -198,11 +200,10 @@ __global__ void __launch_bounds__(state_update_threads) state_update_kernel(stat
     float y = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      h[s][j] = exp2_approx(delta * A2[j]) * h[s][j] + delta * x[s] * Bv[s][j];
+      h[s][j] = next_state(delta, A2[j], h[s][j], delta * x[s], Bv[s][j]);
       y += Cv[s][j] * h[s][j];
     }
-#pragma unroll
-    for (int offset = P / 2; offset > 0; offset /= 2) y += __shfl_xor_sync(0xffffffffu, y, offset);
+    y = lanes_sum<P>(y);
     if (!has || b >= a.batch) continue;
     store_chunk<V>(&a.state(b, d, n0), h[s]);
     if (n0 == 0) {
@@ -429,11 +430,10 @@ __device__ __forceinline__ void state_update_staged(state_update_args<T> const& 
     float y = 0.0f;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      h[j] = exp2_approx(k.x * A2[j]) * h[j] + k.y * Bv[j];
+      h[j] = next_state(k.x, A2[j], h[j], k.y, Bv[j]);
       y += Cv[j] * h[j];
     }
-#pragma unroll
-    for (int offset = P / 2; offset > 0; offset /= 2) y += __shfl_xor_sync(0xffffffffu, y, offset);
+    y = lanes_sum<P>(y);
     store_chunk<V>(&a.state(b, d, n0), h);
     if (n0 == 0) a.out(b, d) = from_float<T>((y + k.z) * k.w);
   }
