@@ -25,15 +25,17 @@
 /// block of this launch has passed the meeting.
 ///
 /// On an H200 (2.8B, bf16; one binary, `SSM_CUDA_X_PROJ_STATE=0` alternating with it twice in one
-/// run), ms per step: one sequence 1.987 against 2.035, two sequences 2.222 against 2.355. Nsight
-/// Compute reads 8.4 µs for this launch alone at one sequence, against 5.1 and 7.0 for x_proj and
-/// `dt_state_update`. Tried with it and not kept: out_proj with each block's rows (20 of 10 KB)
-/// staged in shared memory before its wait (by `cp.async`, or by the copy engine), so that the
-/// weights would stream while x_proj and the state update run: 2.42 ms a token, whatever
-/// shared-memory carveout the launches asked for. Alone that launch took 17.8 µs (19.5 with the
-/// copy engine) against 13.6 for `out_proj_residual`: a block filling 200 KB of shared memory on
-/// each multiprocessor reads far slower than `out_proj_residual`'s 2.4 blocks a multiprocessor
-/// streaming into registers (docs/benchmarks.md, "x_proj and the state update in one launch").
+/// run), ms per step: one sequence 1.987 against 2.035, two sequences 2.222 against 2.355 (with
+/// x_proj through `gemv_block`, a later run: 1.980 and 2.237, 95 registers instead of 92 at two
+/// sequences). Nsight Compute reads 8.4 µs for this launch alone at one sequence, against 5.1 and
+/// 7.0 for x_proj and `dt_state_update`. Tried with it and not kept: out_proj with each block's
+/// rows (20 of 10 KB) staged in shared memory before its wait (by `cp.async`, or by the copy
+/// engine), so that the weights would stream while x_proj and the state update run: 2.42 ms a
+/// token, whatever shared-memory carveout the launches asked for. Alone that launch took 17.8 µs
+/// (19.5 with the copy engine) against 13.6 for `out_proj_residual`: a block filling 200 KB of
+/// shared memory on each multiprocessor reads far slower than `out_proj_residual`'s 2.4 blocks a
+/// multiprocessor streaming into registers (docs/benchmarks.md, "x_proj and the state update in
+/// one launch").
 
 #include <cuda_runtime.h>
 
