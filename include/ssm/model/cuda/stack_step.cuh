@@ -458,8 +458,10 @@ __global__ void __launch_bounds__(stack_threads, 1) mamba_stack_step(__grid_cons
         out += to_float(x_dbl[R + N + n]) * next;
       }
       out = lanes_sum<16>(out);
-      if (hl == 0 && has)
-        a.y[c0 + c] = from_float<T>(detail::gated_output(out, reinterpret_cast<float const*>(p + s.skip)[c], u, to_float(own_z[c])));
+      if (hl == 0 && has) {
+        float const skip = reinterpret_cast<float const*>(p + s.skip)[c];
+        a.y[c0 + c] = from_float<T>(detail::gated_output(out, skip, u, to_float(own_z[c])));
+      }
     }
     __syncwarp();
     if (lane == 0) barrier_arrive(params_empty + region);
