@@ -193,6 +193,10 @@ void block_sweep() {
     compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 1, 2);
   }
   compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 3, 1);  // past the fused kernels
+  // 16 sequences at the 2.8B widths: steps after the first overlap their launches (the first
+  // one's scratch allocations synchronize), which caught x_proj's `narrow_gemm` reading its
+  // input early as a programmatic cluster launch
+  compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 16, 4);
 }
 
 }  // namespace
