@@ -12,7 +12,8 @@
 // the few-outputs kernel (what ssm::linear uses from 9 to 128 rows there) and cuBLASLt, with
 // `--variants` at other tiles, slices in flight and cluster sizes too, and then for in_proj and
 // out_proj at 16 and 64 rows as well, beside cuBLASLt over 2, 4 or 8 slices of K into fp32
-// partial sums (one strided-batch call, no reduction launch: `partial_products`).
+// partial sums (one strided-batch call, no reduction launch: `partial_products`); last, dt_proj at
+// 8, 16 and 64 rows through the short-K kernel (ssm::linear's choice there) and cuBLASLt.
 //
 // `--prefill` instead times the four products of a 2048-token prefill, through ssm::linear and
 // through each algorithm cuBLASLt's heuristic proposes for the shape (`algorithm_sweep`);
@@ -416,6 +417,31 @@ int main(int argc, char** argv) {
             std::snprintf(label, sizeof label, "gemv rows %d depth %d split %d", rows, depth, split);
             report(1, label, [&](view2 const& w) { gemv_variant(s, {rows, depth, split}, N, K, x, w, y); });
           }
+    }
+
+    // dt_proj (5120 x 160) reading x_proj's (M, 192) output, as a step of 8 to 64 sequences takes
+    // it: the short-K kernel (ssm::linear's choice up to 128 rows; a programmatic dependent, so
+    // that in the graph each launch may begin while the one before it ends) and cuBLASLt.
+    {
+      int const N = 5120, K = 160, ldx = 192;
+      double const bytes = 2.0 * N * K;
+      std::vector<view2> const ws = weight_copies(N, K);
+      view2 x("x", 64, ldx), y("y", 64, N);
+      fill(x);
+      for (int M : {8, 16, 64}) {
+        auto report = [&](char const* kernel, std::function<void(view2 const&)> const& one) {
+          double const us = us_per_launch(s, ws, one);
+          double const GBps = bytes / us / 1e3;
+          std::printf("| dt_proj | %d | %s | %.2f | %.0f | %.0f%% |\n", M, kernel, us, GBps, 100.0 * GBps / copy_GBps);
+        };
+        report("ssm shallow_gemm", [&](view2 const& w) {
+          ssm::cuda::shallow_gemm<T>(ssm::cuda::stream(s), M, N, K, x.data(), ldx, w.data(), K, nullptr, y.data(), N);
+        });
+        report("cuBLASLt", [&](view2 const& w) {
+          ssm::cuda::cublaslt::get().linear<T>(ssm::cuda::stream(s), M, N, K, x.data(), ldx, w.data(), K, nullptr,
+                                               y.data(), N);
+        });
+      }
     }
   }
   Kokkos::finalize();

@@ -1,7 +1,8 @@
 /// \file
 /// \brief `ssm::linear` on the GPU: cuBLASLt (same storage type for activations and weights,
-/// contiguous rows), the few-outputs kernel `narrow_gemm` (many rows, a long K, 16-bit types) and
-/// the portable Kokkos kernel (mixed types, strided rows) against the host reference triple loop,
+/// contiguous rows), the few-outputs kernel `narrow_gemm` (many rows, a long K, 16-bit types), the
+/// short-K kernel `shallow_gemm` (up to 128 rows, many outputs, 16-bit types) and the portable Kokkos
+/// kernel (mixed types, strided rows) against the host reference triple loop,
 /// over storage types, decode-sized and prefill-sized shapes, odd sizes, pitched rows and
 /// unaligned slices.
 
@@ -83,6 +84,16 @@ void sweep() {
   compare<T, Wt>(129, 1000, 40, true);
   compare<T, Wt>(64, 1004, 40, true);
   compare<T, Wt>(64, 1000, 251, true);
+  // A short K and many outputs, up to 128 rows: `shallow_gemm` when T == Wt is bf16 or f16.
+  // dt_proj's view of x_proj's output at the 2.8B widths, from 2 rows (past the matrix-vector
+  // kernel's outputs) to 128; rows and outputs not whole tiles, K not a whole 32-wide slice, the
+  // longest K, K of one piece; then just past each of its limits (cuBLASLt).
+  for (std::size_t M : {2, 9, 17, 64, 128}) compare<T, Wt>(M, 160, 5120, M % 2 == 1, 192 - 160, 0);
+  compare<T, Wt>(33, 40, 1000, true);
+  compare<T, Wt>(70, 256, 1030, false);
+  compare<T, Wt>(5, 8, 33, true);
+  compare<T, Wt>(129, 160, 5120, false);
+  compare<T, Wt>(64, 264, 5120, false);
 }
 
 }  // namespace
@@ -113,6 +124,26 @@ TEST_CASE("products of few outputs, a long K and 9 to 128 rows take narrow_gemm"
   STATIC_REQUIRE(ssm::cuda::narrow_types<ssm::f16, ssm::f16>);
   STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, float>);
   STATIC_REQUIRE_FALSE(ssm::cuda::narrow_types<float, ssm::bf16>);
+}
+
+TEST_CASE("products of a short K, many outputs and up to 128 rows take shallow_gemm", "[cuda][linear]") {
+  using T = ssm::bf16;
+  gpu::dev2<T> x("x", 129, 264), w("w", 5120, 264);
+  auto applies = [&](std::size_t M, std::size_t N, std::size_t K, std::size_t offset = 0) {
+    return ssm::cuda::shallow_applies<T>(M, N, K, x.data() + offset, 264, w.data(), 264);
+  };
+  CHECK(applies(1, 5120, 160));
+  CHECK(applies(128, 5120, 160));
+  CHECK(applies(64, 1024, 256));
+  CHECK(applies(9, 32, 8));
+  CHECK_FALSE(applies(129, 5120, 160));
+  CHECK_FALSE(applies(64, 5120, 264));  // K past 256
+  CHECK_FALSE(applies(64, 1020, 256));  // N shorter than 4 K
+  CHECK_FALSE(applies(64, 5120, 164));  // not whole 16-byte pieces
+  CHECK_FALSE(applies(64, 5120, 160, 3));  // misaligned
+  STATIC_REQUIRE(ssm::cuda::shallow_types<ssm::f16, ssm::f16>);
+  STATIC_REQUIRE_FALSE(ssm::cuda::shallow_types<float, float>);
+  STATIC_REQUIRE_FALSE(ssm::cuda::shallow_types<float, ssm::bf16>);
 }
 
 namespace {

@@ -132,9 +132,11 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
                                                   steps.D, steps.z, steps.delta_bias, out_expected, l));
 
     // on the GPU: B and C as strided slices of the scan's (B, G, N, L) tensors (the portable
-    // path), and as contiguous copies, the mixer's layout (the CUDA kernel when N divides 32)
-    for (bool const contiguous : {false, true}) {
-      INFO((contiguous ? "contiguous B, C" : "strided B, C"));
+    // path), and as contiguous copies, the mixer's layout (the CUDA kernel when N divides 32),
+    // with and without the promise of a settled state (the staged kernel's early copies)
+    for (int const variant : {0, 1, 2}) {
+      bool const contiguous = variant > 0, settled = variant == 2;
+      INFO((contiguous ? "contiguous B, C" : "strided B, C") << (settled ? ", settled state" : ""));
       auto const state = gpu::to_device(steps.initial_state);
       auto const u = gpu::to_device(steps.u), delta = gpu::to_device(steps.delta), z = gpu::to_device(steps.z);
       auto const A = gpu::to_device(steps.A);
@@ -146,6 +148,7 @@ TEMPLATE_TEST_CASE("cuda selective_state_update: L steps match L steps of the re
       gpu::dev3<T> B_l("B_l", sizes.batch, sizes.groups, sizes.state), C_l("C_l", sizes.batch, sizes.groups, sizes.state);
       for (std::size_t l = 0; l < sizes.length; ++l) {
         auto p = step(state, u, delta, A, B, C, D, z, bias, out, l);
+        p.state_settled = settled;
         if (contiguous) {
           Kokkos::deep_copy(space, B_l, p.B);
           Kokkos::deep_copy(space, C_l, p.C);

@@ -193,9 +193,11 @@ void block_sweep() {
     compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 1, 2);
   }
   compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 3, 1);  // past the fused kernels
-  // 16 sequences at the 2.8B widths: steps after the first overlap their launches (the first
-  // one's scratch allocations synchronize), which caught x_proj's `narrow_gemm` reading its
-  // input early as a programmatic cluster launch
+  // from 8 sequences in 16-bit types, dt_proj on `shallow_gemm` and the staged state update
+  // copying its state before it waits for it (`state_settled`); at the 2.8B widths, steps after
+  // the first overlap their launches (the first one's scratch allocations synchronize), which
+  // caught x_proj's `narrow_gemm` reading its input early as a programmatic cluster launch
+  compare_block<T, Wt>(shape(64, 128, 16, 4, 8, true), 9, 3);
   compare_block<T, Wt>(shape(2560, 5120, 16, 4, 160, false), 16, 4);
 }
 

@@ -435,6 +435,10 @@ class mamba_mixer {
     update.dt_bias = weights_.dt_proj_bias;
     update.dt_softplus = true;
     update.out = strided<T, M_>(y, B, D, D, 1);
+    // The promise holds: a state that may be read early (8 or more sequences on the GPU) is
+    // written only by this update, the scan and portable ops, none of which lets the kernel after
+    // it start before it has finished; the fused kernels that do write states of one or two.
+    update.state_settled = true;
     selective_state_update(space, update);
   }
 

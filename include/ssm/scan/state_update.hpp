@@ -52,6 +52,17 @@ struct selective_state_update_params {
   view1<const float, MemSpace> dt_bias;     ///< (D) added to dt; optional
   bool dt_softplus = false;                 ///< apply softplus to dt (+ bias)
   view2<T, MemSpace> out;                   ///< (B, D)
+  /// A promise that lets a backend read `state` before the work just before this update on the
+  /// same stream has finished: the state's last writer let the work after it begin only once it
+  /// had finished itself. It holds where that writer was the scan, a portable path, an ordinary
+  /// launch or copy, or a state update given this promise; not where it was a kernel that lets
+  /// its dependents start early (`griddepcontrol.launch_dependents`): the fused decoding kernels
+  /// of one or two sequences, which never share a state with the mixer's other paths, or a kernel
+  /// of the caller's own. The mixer's decoding step gives it. On `Kokkos::Cuda` the state update
+  /// then lets the kernel after it start only once it has finished (so that the promise holds at
+  /// the next step too), and the staged kernel (8 or more sequences) issues its copies of the
+  /// state before it waits for the kernel before it (dt_proj).
+  bool state_settled = false;
 };
 
 namespace detail {

@@ -1,13 +1,16 @@
 #pragma once
 /// \file
 /// \brief One tensor-core product from registers (`mma.sync` m16n8k16, fp32 sums), for the
-/// hand-written kernels that multiply small tiles: `narrow_gemm` (`ssm/linear/cuda/narrow.cuh`)
-/// and the state update's dt_proj (`ssm/scan/cuda/state_update.cuh`).
+/// hand-written kernels that multiply small tiles: `narrow_gemm` (`ssm/linear/cuda/narrow.cuh`),
+/// `shallow_gemm` (`ssm/linear/cuda/shallow.cuh`) and the state update's dt_proj
+/// (`ssm/scan/cuda/state_update.cuh`).
 ///
 /// Fragments, for the lane's group g = lane / 4 and thread in group t = lane % 4 (PTX ISA,
 /// "Matrix Fragments for mma.m16n8k16"): `a` holds A's (g, 2t..2t+1), (g + 8, 2t..2t+1),
 /// (g, 2t+8..2t+9) and (g + 8, 2t+8..2t+9), two 16-bit values per register; `b` holds B's
 /// (2t..2t+1, g) and (2t+8..2t+9, g); `c` holds C's (g, 2t), (g, 2t+1), (g + 8, 2t), (g + 8, 2t+1).
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -15,6 +18,10 @@
 #include <ssm/core/dtype.hpp>
 
 namespace ssm::cuda {
+
+/// \brief Word `i` (0 to 3) of a 16-byte piece: the fragments of the kernels that load 16 bytes of a
+/// row at a time take their pairs of values from these.
+__device__ inline std::uint32_t word(uint4 const& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
 
 /// \brief c += a b on the tensor cores: a (16 x 16) row-major, b (16 x 8) column-major, c fp32.
 /// \tparam T `ssm::bf16` or `ssm::f16`, the type of a and b.

@@ -11,7 +11,8 @@
 /// reused: decoding calls the same few shapes thousands of times, and a CUDA graph can capture the
 /// calls. cuBLASLt needs activations and weights of one type and contiguous rows; few rows of
 /// mixed types go to the GEMV, and what neither takes to the portable Kokkos kernel. Many rows of
-/// a product with few outputs and a long K go to `narrow_gemm` (`narrow.cuh`).
+/// a product with few outputs and a long K go to `narrow_gemm` (`narrow.cuh`), up to 128 rows of
+/// one with a short K and many outputs to `shallow_gemm` (`shallow.cuh`).
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -29,6 +30,7 @@
 #include <ssm/core/error.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
 #include <ssm/linear/cuda/narrow.cuh>
+#include <ssm/linear/cuda/shallow.cuh>
 
 namespace ssm::cuda {
 
@@ -236,8 +238,10 @@ namespace ssm {
 /// \brief Linear layers on `Kokkos::Cuda`: the weight-streaming matrix-vector kernel
 /// (`ssm/linear/cuda/gemv.cuh`) for one row, or up to 8 rows of a matrix of at most 1024 outputs;
 /// 9 to 128 rows of a product with few outputs and a long K (x_proj) on `narrow_gemm`
-/// (`ssm/linear/cuda/narrow.cuh`); otherwise cuBLASLt where the activations and weights share a
-/// storage type and rows are contiguous; the portable Kokkos kernel for the rest.
+/// (`ssm/linear/cuda/narrow.cuh`); up to 128 rows of a product with a short K and many outputs
+/// (dt_proj) on `shallow_gemm` (`ssm/linear/cuda/shallow.cuh`); otherwise cuBLASLt where the
+/// activations and weights share a storage type and rows are contiguous; the portable Kokkos
+/// kernel for the rest.
 template <>
 struct linear_backend<Kokkos::Cuda> {
   /// \brief Run \f$y = x W^\top + b\f$ on `space`'s stream (asynchronous).
@@ -249,23 +253,25 @@ struct linear_backend<Kokkos::Cuda> {
   static void run(Kokkos::Cuda const& space, linear_params<T, Wt, MemSpace> const& p) {
     bool const rows_contiguous = p.x.stride(1) == 1 && p.weight.stride(1) == 1 && p.y.stride(1) == 1 &&
                                  (!given(p.bias) || p.bias.stride(0) == 1) && p.x.extent(1) > 0;
-    auto const M = static_cast<int>(p.x.extent(0)), N = static_cast<int>(p.weight.extent(0));
-    auto const K = static_cast<int>(p.x.extent(1));
+    std::size_t const m = p.x.extent(0), n = p.weight.extent(0), k = p.x.extent(1);
+    auto const M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
     // A single row's pitch is free: give the kernels the smallest valid one.
     auto const pitch = [](auto const& v, std::size_t cols) {
       return static_cast<std::int64_t>(v.extent(0) == 1 ? cols : v.stride(0));
     };
+    std::int64_t const ldx = pitch(p.x, k), ldw = pitch(p.weight, k), ldy = pitch(p.y, n);
+    T const* x = p.x.data();
+    Wt const* w = p.weight.data();
     Wt const* bias = given(p.bias) ? p.bias.data() : nullptr;
+    T* y = p.y.data();
+    cudaStream_t const stream = cuda::stream(space);
     if constexpr (cuda::gemv_types<T, Wt>) {
       // Measured on an H200 at the 2.8B model's shapes (bench/bench_cuda_linear.cpp): the kernel
       // beats cuBLASLt for one row, and for short matrices (x_proj) up to 8 rows; cuBLASLt's
       // kernels reuse each weight across rows better for more rows of a tall matrix.
-      bool const streaming = p.x.extent(0) == 1 || (p.weight.extent(0) <= 1024 && p.x.extent(0) <= cuda::gemv_max_rows);
-      if (streaming && rows_contiguous &&
-          cuda::gemv_applies(p.x.extent(0), p.x.extent(1), p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
-                             pitch(p.weight, p.weight.extent(1)))) {
-        cuda::gemv(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
-                   pitch(p.weight, p.weight.extent(1)), bias, p.y.data(), pitch(p.y, p.y.extent(1)));
+      bool const streaming = m == 1 || (n <= 1024 && m <= cuda::gemv_max_rows);
+      if (streaming && rows_contiguous && cuda::gemv_applies(m, k, x, ldx, w, ldw)) {
+        cuda::gemv(stream, M, N, K, x, ldx, w, ldw, bias, y, ldy);
         return;
       }
     }
@@ -273,19 +279,22 @@ struct linear_backend<Kokkos::Cuda> {
       // x_proj of many sequences (few outputs, long K): cuBLASLt's split-K and its reduction took
       // 11.8 µs at 64 rows in the step (2.8B, H200); one launch instead made the step 2% faster at
       // 64 sequences, 1% at 16 (see `narrow.cuh`).
-      if (rows_contiguous && cuda::narrow_applies(p.x.extent(0), p.weight.extent(0), p.x.extent(1), p.x.data(),
-                                                  pitch(p.x, p.x.extent(1)), p.weight.data(),
-                                                  pitch(p.weight, p.weight.extent(1)))) {
-        cuda::narrow_gemm(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)), p.weight.data(),
-                          pitch(p.weight, p.weight.extent(1)), bias, p.y.data(), pitch(p.y, p.y.extent(1)));
+      if (rows_contiguous && cuda::narrow_applies(m, n, k, x, ldx, w, ldw)) {
+        cuda::narrow_gemm(stream, M, N, K, x, ldx, w, ldw, bias, y, ldy);
+        return;
+      }
+    }
+    if constexpr (cuda::shallow_types<T, Wt>) {
+      // dt_proj of many sequences (a short K, many outputs): a programmatic dependent, so that the
+      // state update after it can start at once (see `shallow.cuh`).
+      if (rows_contiguous && cuda::shallow_applies(m, n, k, x, ldx, w, ldw)) {
+        cuda::shallow_gemm(stream, M, N, K, x, ldx, w, ldw, bias, y, ldy);
         return;
       }
     }
     if constexpr (std::is_same_v<T, Wt>) {
       if (rows_contiguous) {
-        cuda::cublaslt::get().linear<T>(cuda::stream(space), M, N, K, p.x.data(), pitch(p.x, p.x.extent(1)),
-                                        p.weight.data(), pitch(p.weight, p.weight.extent(1)), bias, p.y.data(),
-                                        pitch(p.y, p.y.extent(1)));
+        cuda::cublaslt::get().linear<T>(stream, M, N, K, x, ldx, w, ldw, bias, y, ldy);
         return;
       }
     }

@@ -61,9 +61,6 @@ inline constexpr int narrow_threads = 256;
 /// \brief Outputs of a block's tile (four n8 fragments).
 inline constexpr int narrow_tile_outputs = 32;
 
-/// \brief Word `i` (0 to 3) of a 16-byte piece.
-__device__ inline std::uint32_t word(uint4 const& v, int i) { return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w; }
-
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b with fp32 sums; K a multiple of 8.
 ///
 /// Grid (S, ceil(N / 32), ceil(M / (16 MT))) in clusters of (S, 1, 1) blocks of 256 threads: a

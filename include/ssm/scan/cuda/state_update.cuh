@@ -74,6 +74,16 @@
 /// with them (docs/benchmarks.md, 2026-12-01). Holding dt_proj's weights in registers across
 /// several tiles of sequences remains to be tried.
 ///
+/// Given `state_settled` (the mixer's decoding step gives it), the staged kernel asks for its
+/// state before it waits for the kernel before it, and in the mixer that kernel is dt_proj on
+/// `shallow_gemm` (`ssm/linear/cuda/shallow.cuh`), a programmatic dependent that lets this one
+/// start at once: the copies overlap dt_proj and the launch. Decoding on an H200 (2.8B, bf16),
+/// ms per step at 8 / 16 / 64 sequences, the binaries alternating twice in one call: 2.796 /
+/// 2.928 / 4.004 → 2.771 / 2.841 / 3.892 (2.772 / 2.892 / 3.961 once x_proj's launch was made
+/// ordinary to fix a race, `narrow.cuh`). Behind cuBLASLt's dt_proj, an ordinary launch that
+/// lets nothing start before it ends, the early copies alone had given 3.995 → 3.947 at 64
+/// sequences and 2.908 → 2.926 at 16.
+///
 /// Taken when N divides 32 and the state, A, B and C are contiguous along n (the mixer's layout),
 /// with the state and A in aligned 16-byte pieces when N >= 4; otherwise the portable path runs.
 
@@ -113,6 +123,7 @@ struct state_update_args {
   int batch, channels, states, channels_per_group;  ///< B, D, N, D / G
   int rank;                                        ///< R of `dt_low` (0 without it)
   bool softplus;                                   ///< softplus of dt + bias
+  bool state_settled;  ///< `selective_state_update_params::state_settled`: the staged kernel copies the state early
 };
 
 /// \brief Threads per block of the state update.
@@ -158,7 +169,7 @@ __device__ inline void store_chunk(float* p, float const (&v)[V]) {
 /// \tparam N states per channel, a power of two up to 32.
 template <int N, class T>
 __global__ void __launch_bounds__(state_update_threads) state_update_kernel(state_update_args<T> const a) {
-  allow_next_kernel();
+  if (!a.state_settled) allow_next_kernel();  // with it, the promise holds for the next step (`state_settled`)
   constexpr int V = N < state_update_chunk ? N : state_update_chunk;  // states per thread
   constexpr int P = N / V;                                            // lanes per channel (divides 32)
   constexpr int S = state_update_sequences;
@@ -335,7 +346,10 @@ __device__ inline void state_update_dt_proj(state_update_args<T> const& a, int b
 /// \tparam LowRank dt from `dt_low` and `dt_weight` (T bf16 or f16, see `state_update_dt_proj`).
 template <int N, int S, bool LowRank, class T>
 __device__ __forceinline__ void state_update_staged(state_update_args<T> const& a) {
-  allow_next_kernel();
+  // With a settled state the copies below begin before the wait for the previous kernel, and the
+  // next kernel may start only once this one has finished: then no later update that copies its
+  // state early can read this one's before it is written (see `state_settled`).
+  if (!a.state_settled) allow_next_kernel();
   constexpr int V = state_update_chunk;                // states per thread
   constexpr int P = N / V;                             // lanes per channel
   constexpr int channels = state_update_threads / P;  // per block
@@ -355,6 +369,16 @@ __device__ __forceinline__ void state_update_staged(state_update_args<T> const& 
   for (int j = 0; j < V; ++j) A2[j] *= 1.44269504088896341f;
   std::uint32_t dt_weights[LowRank ? state_update_dt_proj_unroll : 1][2];
   if constexpr (LowRank) state_update_dt_proj_weights<channels>(a, c0, dt_weights);
+  // A group of copies per sequence; none past the batch (the same for the whole block), so that
+  // nothing is in flight when the block ends.
+  auto ask_for_states = [&] {
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      if (b0 + s < a.batch) copy_async_16(&staged[s][lane], &a.state(b0 + s, d, n0));
+      copy_async_commit();
+    }
+  };
+  if (a.state_settled) ask_for_states();
   wait_for_previous_kernel();  // launched as a programmatic dependent: see ssm::cuda::launch
 
   // The few bytes per sequence and channel (dt, x, z) and the block's B and C are asked for
@@ -385,13 +409,7 @@ __device__ __forceinline__ void state_update_staged(state_update_args<T> const& 
     int const b = min(b0 + s, a.batch - 1);
     bc_in[u] = which == 0 ? a.B(b, g, n) : a.C(b, g, n);
   }
-  // A group of copies per sequence; none past the batch (the same for the whole block), so that
-  // nothing is in flight when the block ends.
-#pragma unroll
-  for (int s = 0; s < S; ++s) {
-    if (b0 + s < a.batch) copy_async_16(&staged[s][lane], &a.state(b0 + s, d, n0));
-    copy_async_commit();
-  }
+  if (!a.state_settled) ask_for_states();
 #pragma unroll
   for (int u = 0; u < bc_items; ++u) {
     int const i = lane + u * state_update_threads;
@@ -531,6 +549,7 @@ struct selective_state_update_backend<Kokkos::Cuda> {
     a.states = N;
     a.channels_per_group = static_cast<int>(s.channels / s.groups);
     a.softplus = p.dt_softplus;
+    a.state_settled = p.state_settled;
     // From 8 sequences, when a block's channels lie in one group: the staged kernel.
     if (staged(s)) {
       int const staged_channels = cuda::detail::state_update_threads / (N / cuda::detail::state_update_chunk);
