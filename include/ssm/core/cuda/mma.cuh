@@ -12,12 +12,29 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
+#include <ssm/core/cuda.hpp>
 #include <ssm/core/dtype.hpp>
 
 namespace ssm::cuda {
+
+/// \brief Whether the products on the tensor cores take activations T over weights Wt: the
+/// same 16-bit type (`narrow_gemm`, `shallow_gemm`, the state update's dt_proj).
+template <class T, class Wt>
+inline constexpr bool mma_types = std::is_same_v<T, Wt> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+
+/// \brief Whether every row of x (pitch `ldx`) and W (pitch `ldw`) is whole, aligned 16-byte
+/// pieces over K, as the kernels that load 16 bytes of a row at a time need.
+/// \param K the inner size. \param x,w first elements. \param ldx,ldw row pitches in elements.
+/// \return true if they are.
+template <class T>
+bool rows_in_pieces(std::size_t K, T const* x, std::int64_t ldx, T const* w, std::int64_t ldw) {
+  return K % (16 / sizeof(T)) == 0 && (ldx * sizeof(T)) % 16 == 0 && (ldw * sizeof(T)) % 16 == 0 && aligned(x, 16) &&
+         aligned(w, 16);
+}
 
 /// \brief Word `i` (0 to 3) of a 16-byte piece: the fragments of the kernels that load 16 bytes of a
 /// row at a time take their pairs of values from these.

@@ -38,7 +38,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/mma.cuh>
@@ -178,7 +177,7 @@ __global__ void __launch_bounds__(narrow_threads)
 /// \brief Whether the kernel exists for these types: 16-bit floats on the tensor cores, the same
 /// type for activations and weights.
 template <class T, class Wt>
-inline constexpr bool narrow_types = std::is_same_v<T, Wt> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+inline constexpr bool narrow_types = mma_types<T, Wt>;
 
 /// \brief Whether `narrow_gemm` takes a product of these sizes and addresses: more rows than the
 /// matrix-vector kernel takes and at most `narrow_max_rows`, at most `narrow_max_outputs`
@@ -191,8 +190,7 @@ bool narrow_applies(std::size_t M, std::size_t N, std::size_t K, T const* x, std
                     std::int64_t ldw) {
   bool const shape = M > static_cast<std::size_t>(gemv_max_rows) && M <= static_cast<std::size_t>(narrow_max_rows) &&
                      N >= 1 && N <= static_cast<std::size_t>(narrow_max_outputs) && K >= 4 * N;
-  bool const pieces = K % 8 == 0 && (ldx * sizeof(T)) % 16 == 0 && (ldw * sizeof(T)) % 16 == 0;
-  return shape && pieces && aligned(x, 16) && aligned(w, 16);
+  return shape && rows_in_pieces(K, x, ldx, w, ldw);
 }
 
 /// \brief Blocks per cluster for a product of `tiles` tiles: the most (1, 2, 4 or 8) for which

@@ -33,7 +33,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/mma.cuh>
@@ -127,7 +126,7 @@ __global__ void __launch_bounds__(shallow_threads)
 /// \brief Whether the kernel exists for these types: 16-bit floats on the tensor cores, the same
 /// type for activations and weights.
 template <class T, class Wt>
-inline constexpr bool shallow_types = std::is_same_v<T, Wt> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+inline constexpr bool shallow_types = mma_types<T, Wt>;
 
 /// \brief Whether `shallow_gemm` takes a product of these sizes and addresses: at most
 /// `shallow_max_rows` rows, K at most `shallow_max_depth` and at most N / 4 (a short sum: the
@@ -140,8 +139,7 @@ bool shallow_applies(std::size_t M, std::size_t N, std::size_t K, T const* x, st
   bool const shape = M >= 1 && M <= static_cast<std::size_t>(shallow_max_rows) && K >= 1 &&
                      K <= static_cast<std::size_t>(shallow_max_depth) && 4 * K <= N &&
                      N <= std::size_t{1} << 30;
-  bool const pieces = K % 8 == 0 && (ldx * sizeof(T)) % 16 == 0 && (ldw * sizeof(T)) % 16 == 0;
-  return shape && pieces && aligned(x, 16) && aligned(w, 16);
+  return shape && rows_in_pieces(K, x, ldx, w, ldw);
 }
 
 /// \brief Enqueue y = x W^T + b on `stream` as a programmatic dependent of the kernel before it

@@ -240,8 +240,7 @@ constexpr int state_update_staged_sequences(int wanted) {
 /// \brief Whether the staged kernel takes dt_proj for activations T over weights Wt: on the
 /// tensor cores, so both 16-bit and the same type.
 template <class T, class Wt>
-inline constexpr bool state_update_dt_proj_types =
-    std::is_same_v<T, Wt> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+inline constexpr bool state_update_dt_proj_types = mma_types<T, Wt>;
 
 /// \brief Steps of 16 along R whose loads a warp of `state_update_dt_proj` issues before their
 /// products: the loads come from L2, and one step at a time would wait for each in turn. 2 rather
@@ -298,7 +297,7 @@ __device__ inline void state_update_dt_proj(state_update_args<T> const& a, int b
   int const R = a.rank;
   bool const has_row = row < S && b0 + row < a.batch;
   T const* const low = &a.dt_low(has_row ? b0 + row : 0, 0);
-  auto word = [](T const* p) { return *reinterpret_cast<std::uint32_t const*>(p); };
+  auto pair_at = [](T const* p) { return *reinterpret_cast<std::uint32_t const*>(p); };
   for (int tile = warp; tile < C / 8; tile += state_update_threads / 32) {
     T const* const w = &a.dt_weight(c0 + tile * 8 + row, 0);  // B's column `row`: a row of dt_proj
     float acc[4] = {};
@@ -310,8 +309,8 @@ __device__ inline void state_update_dt_proj(state_update_args<T> const& a, int b
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           int const k = k0 + 16 * u + 8 * h + pair;  // R is even: k < R means k + 1 < R
-          fa[u][2 * h] = has_row && k < R ? word(low + k) : 0u;
-          fb[u][h] = prefetched ? first[u][h] : k < R ? word(w + k) : 0u;
+          fa[u][2 * h] = has_row && k < R ? pair_at(low + k) : 0u;
+          fb[u][h] = prefetched ? first[u][h] : k < R ? pair_at(w + k) : 0u;
         }
 #pragma unroll
       for (int u = 0; u < U; ++u) mma_16816<T>(acc, fa[u], fb[u]);
