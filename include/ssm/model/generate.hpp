@@ -136,20 +136,15 @@ void run_step(graph<ExecSpace>& decode, ExecSpace const& space, Step const& step
 
 }  // namespace detail
 
-/// \brief The greedy choice of each row, on the execution space: tokens(b) = argmax of logits(b, :),
-/// the lowest index among equal largest values (as the host's `argmax`), NaN never chosen over a
-/// number. Asynchronous.
-///
-/// Each value is turned into an unsigned key that orders as the floats do, with the complement of
-/// its index below it (`detail::logit_key`), so one integer maximum per row decides both.
-/// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
-/// \tparam MemSpace memory space of both views.
-/// \param space the execution space instance. \param logits (B, V). \param tokens (B) out.
+namespace detail {
+
+/// \brief `argmax_rows` as portable Kokkos code: on the host a vectorized pass per row
+/// (`argmax_row`) for contiguous rows, elsewhere a team per row taking the largest key
+/// (`row_max_key`). The body of the primary `argmax_rows_backend`; callable on any execution
+/// space, so that the tests can run it where another backend takes over.
 template <class ExecSpace, class T, class MemSpace>
-void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
-                 view1<std::int32_t, MemSpace> const& tokens) {
-  static_assert(is_accessible_v<ExecSpace, MemSpace>, "ssm::argmax_rows: the views must be accessible from the space");
-  detail::require(tokens.extent(0) == logits.extent(0), "ssm::argmax_rows", "tokens must be (B) for logits (B, V)");
+void argmax_rows_portable(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                          view1<std::int32_t, MemSpace> const& tokens) {
   int const V = static_cast<int>(logits.extent(1));
   if constexpr (std::is_same_v<typename ExecSpace::memory_space, Kokkos::HostSpace>) {
     if (logits.stride(1) == 1) {  // a row is one vectorized loop; rows in parallel
@@ -158,18 +153,57 @@ void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
       Kokkos::parallel_for(
           "ssm::argmax_rows::host",
           compat::capturable(Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<int>(logits.extent(0)))),
-          [=](int const b) { tokens(b) = detail::argmax_row(first + static_cast<std::size_t>(b) * row_stride, V); });
+          [=](int const b) { tokens(b) = argmax_row(first + static_cast<std::size_t>(b) * row_stride, V); });
       return;
     }
   }
   using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
   Kokkos::parallel_for(
-      "ssm::argmax_rows", detail::row_teams(space, static_cast<int>(logits.extent(0))),
-      KOKKOS_LAMBDA(team const& member) {
+      "ssm::argmax_rows", row_teams(space, static_cast<int>(logits.extent(0))), KOKKOS_LAMBDA(team const& member) {
         int const b = member.league_rank();
-        std::uint64_t const best = detail::row_max_key(member, logits, b, V, ~std::uint64_t{0});
-        Kokkos::single(Kokkos::PerTeam(member), [&] { tokens(b) = detail::key_token(best); });
+        std::uint64_t const best = row_max_key(member, logits, b, V, ~std::uint64_t{0});
+        Kokkos::single(Kokkos::PerTeam(member), [&] { tokens(b) = key_token(best); });
       });
+}
+
+}  // namespace detail
+
+/// \brief Which implementation of `argmax_rows` runs on an execution space; the primary template
+/// is the portable Kokkos path (`detail::argmax_rows_portable`).
+///
+/// Specialise it for an execution space to plug in another kernel (`ssm/model/cuda/argmax.cuh`
+/// does for `Kokkos::Cuda`). `argmax_rows` calls `run` only after checking the shapes and with
+/// at least one row.
+/// \tparam ExecSpace a Kokkos execution space.
+template <class ExecSpace>
+struct argmax_rows_backend {
+  /// \brief The greedy choice of each row on `space` (asynchronous; see `argmax_rows`).
+  /// \tparam T logit storage type. \tparam MemSpace memory space of both views.
+  /// \param space the execution space instance. \param logits (B, V). \param tokens (B) out.
+  template <class T, class MemSpace>
+  static void run(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                  view1<std::int32_t, MemSpace> const& tokens) {
+    detail::argmax_rows_portable(space, logits, tokens);
+  }
+};
+
+/// \brief The greedy choice of each row, on the execution space: tokens(b) = argmax of logits(b, :),
+/// the lowest index among equal largest values (as the host's `argmax`), NaN never chosen over a
+/// number, -1 for a row without a number. Asynchronous.
+///
+/// Each value is turned into an unsigned key that orders as the floats do, with the complement of
+/// its index below it (`detail::logit_key`), so one integer maximum per row decides both.
+/// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
+/// \tparam MemSpace memory space of both views.
+/// \param space the execution space instance. \param logits (B, V). \param tokens (B) out.
+/// \throws ssm::error if tokens is not (B).
+template <class ExecSpace, class T, class MemSpace>
+void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                 view1<std::int32_t, MemSpace> const& tokens) {
+  static_assert(is_accessible_v<ExecSpace, MemSpace>, "ssm::argmax_rows: the views must be accessible from the space");
+  detail::require(tokens.extent(0) == logits.extent(0), "ssm::argmax_rows", "tokens must be (B) for logits (B, V)");
+  if (logits.extent(0) == 0) return;
+  argmax_rows_backend<ExecSpace>::run(space, logits, tokens);
 }
 
 /// \brief The `count` largest logits of each row and their tokens, most likely first (ties by
@@ -392,3 +426,7 @@ std::vector<std::int32_t> generate_greedy(mamba_lm<ExecSpace, T, Wt> const& mode
 }
 
 }  // namespace ssm
+
+#if defined(KOKKOS_ENABLE_CUDA)
+#include <ssm/model/cuda/argmax.cuh>
+#endif

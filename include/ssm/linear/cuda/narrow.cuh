@@ -228,7 +228,10 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
   // wrong in about half the runs of `test_cuda_step` (never the first step, whose scratch
   // allocations synchronize), and right in nine of nine with this launch alone made ordinary
   // (every other kernel still a programmatic dependent). The kernel still lets the next one
-  // start early.
+  // start early. Looked at again (docs/benchmarks.md, 2026-12-02): as a programmatic dependent
+  // it failed 1 of 6 runs of the whole test program and 0 of 16 of the bf16 block test alone;
+  // with x read through L2 only, the trigger moved to the end, or the wait moved before the
+  // weights' loads, 0 of 6 each: too few failures to tell which, if any, removes the cause.
   cudaLaunchAttribute attributes[1] = {};
   attributes[0].id = cudaLaunchAttributeClusterDimension;
   attributes[0].val.clusterDim.x = static_cast<unsigned>(cluster);
