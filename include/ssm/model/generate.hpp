@@ -134,14 +134,10 @@ void run_step(graph<ExecSpace>& decode, ExecSpace const& space, Step const& step
   decode.replay();
 }
 
-}  // namespace detail
-
-namespace detail {
-
 /// \brief `argmax_rows` as portable Kokkos code: on the host a vectorized pass per row
 /// (`argmax_row`) for contiguous rows, elsewhere a team per row taking the largest key
-/// (`row_max_key`). The body of the primary `argmax_rows_backend`; callable on any execution
-/// space, so that the tests can run it where another backend takes over.
+/// (`row_max_key`). The body of the primary `token_choice_backend::argmax`; callable on any
+/// execution space, so that the tests can run it where another backend takes over.
 template <class ExecSpace, class T, class MemSpace>
 void argmax_rows_portable(ExecSpace const& space, view2<const T, MemSpace> const& logits,
                           view1<std::int32_t, MemSpace> const& tokens) {
@@ -166,24 +162,56 @@ void argmax_rows_portable(ExecSpace const& space, view2<const T, MemSpace> const
       });
 }
 
+/// \brief `top_logits` as portable Kokkos code: a team per row takes `count` maxima in turn, each
+/// below the last (`row_max_key`). The body of the primary `token_choice_backend::top`.
+template <class ExecSpace, class T, class MemSpace>
+void top_logits_portable(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                         view2<std::int32_t, MemSpace> const& tokens, view2<float, MemSpace> const& values) {
+  int const V = static_cast<int>(logits.extent(1)), count = static_cast<int>(tokens.extent(1));
+  using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  Kokkos::parallel_for(
+      "ssm::top_logits", row_teams(space, static_cast<int>(logits.extent(0))), KOKKOS_LAMBDA(team const& member) {
+        int const b = member.league_rank();
+        std::uint64_t last = ~std::uint64_t{0};
+        for (int i = 0; i < count; ++i) {
+          std::uint64_t const best = row_max_key(member, logits, b, V, last);
+          last = best;
+          Kokkos::single(Kokkos::PerTeam(member), [&] {
+            tokens(b, i) = best == 0 ? -1 : key_token(best);
+            values(b, i) = best == 0 ? 0.0f : key_logit(best);
+          });
+        }
+      });
+}
+
 }  // namespace detail
 
-/// \brief Which implementation of `argmax_rows` runs on an execution space; the primary template
-/// is the portable Kokkos path (`detail::argmax_rows_portable`).
+/// \brief Which implementation of the choices of tokens from logits (`argmax_rows`, `top_logits`)
+/// runs on an execution space; the primary template is the portable Kokkos path
+/// (`detail::argmax_rows_portable`, `detail::top_logits_portable`).
 ///
-/// Specialise it for an execution space to plug in another kernel (`ssm/model/cuda/argmax.cuh`
-/// does for `Kokkos::Cuda`). `argmax_rows` calls `run` only after checking the shapes and with
+/// Specialise it for an execution space to plug in other kernels (`ssm/model/cuda/token_choice.cuh`
+/// does for `Kokkos::Cuda`). Its functions are called only after the shapes are checked and with
 /// at least one row.
 /// \tparam ExecSpace a Kokkos execution space.
 template <class ExecSpace>
-struct argmax_rows_backend {
+struct token_choice_backend {
   /// \brief The greedy choice of each row on `space` (asynchronous; see `argmax_rows`).
-  /// \tparam T logit storage type. \tparam MemSpace memory space of both views.
+  /// \tparam T logit storage type. \tparam MemSpace memory space of the views.
   /// \param space the execution space instance. \param logits (B, V). \param tokens (B) out.
   template <class T, class MemSpace>
-  static void run(ExecSpace const& space, view2<const T, MemSpace> const& logits,
-                  view1<std::int32_t, MemSpace> const& tokens) {
+  static void argmax(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                     view1<std::int32_t, MemSpace> const& tokens) {
     detail::argmax_rows_portable(space, logits, tokens);
+  }
+  /// \brief The largest logits of each row on `space` (asynchronous; see `top_logits`).
+  /// \tparam T logit storage type. \tparam MemSpace memory space of the views.
+  /// \param space the execution space instance. \param logits (B, V).
+  /// \param tokens (B, count) out. \param values (B, count) out.
+  template <class T, class MemSpace>
+  static void top(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                  view2<std::int32_t, MemSpace> const& tokens, view2<float, MemSpace> const& values) {
+    detail::top_logits_portable(space, logits, tokens, values);
   }
 };
 
@@ -203,17 +231,18 @@ void argmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
   static_assert(is_accessible_v<ExecSpace, MemSpace>, "ssm::argmax_rows: the views must be accessible from the space");
   detail::require(tokens.extent(0) == logits.extent(0), "ssm::argmax_rows", "tokens must be (B) for logits (B, V)");
   if (logits.extent(0) == 0) return;
-  argmax_rows_backend<ExecSpace>::run(space, logits, tokens);
+  token_choice_backend<ExecSpace>::argmax(space, logits, tokens);
 }
 
 /// \brief The `count` largest logits of each row and their tokens, most likely first (ties by
 /// the smaller token), on the execution space: what sampling with top-k needs of a row, so that
-/// the row itself stays where it is. Rows with fewer than `count` numbers end with token -1.
-/// Asynchronous. One team per row takes `count` maxima in turn, each below the last.
+/// the row itself stays where it is. Rows with fewer than `count` numbers end with token -1 and
+/// value 0. Asynchronous.
 /// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
 /// \tparam MemSpace memory space of the views.
 /// \param space the execution space instance. \param logits (B, V).
 /// \param tokens (B, count) out. \param values (B, count) out.
+/// \throws ssm::error if tokens and values are not (B, count).
 template <class ExecSpace, class T, class MemSpace>
 void top_logits(ExecSpace const& space, view2<const T, MemSpace> const& logits, view2<std::int32_t, MemSpace> const& tokens,
                 view2<float, MemSpace> const& values) {
@@ -221,23 +250,10 @@ void top_logits(ExecSpace const& space, view2<const T, MemSpace> const& logits, 
   detail::require(tokens.extent(0) == logits.extent(0) && values.extent(0) == logits.extent(0) &&
                       values.extent(1) == tokens.extent(1),
                   "ssm::top_logits", "tokens and values must be (B, count) for logits (B, V)");
-  int const V = static_cast<int>(logits.extent(1)), count = static_cast<int>(tokens.extent(1));
-  using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
-  Kokkos::parallel_for(
-      "ssm::top_logits", detail::row_teams(space, static_cast<int>(logits.extent(0))),
-      KOKKOS_LAMBDA(team const& member) {
-        int const b = member.league_rank();
-        std::uint64_t last = ~std::uint64_t{0};
-        for (int i = 0; i < count; ++i) {
-          std::uint64_t const best = detail::row_max_key(member, logits, b, V, last);
-          last = best;
-          Kokkos::single(Kokkos::PerTeam(member), [&] {
-            tokens(b, i) = best == 0 ? -1 : detail::key_token(best);
-            values(b, i) = best == 0 ? 0.0f : detail::key_logit(best);
-          });
-        }
-      });
+  if (logits.extent(0) == 0 || tokens.extent(1) == 0) return;
+  token_choice_backend<ExecSpace>::top(space, logits, tokens, values);
 }
+
 
 /// \brief Generate continuations of several prompts together.
 /// \tparam ExecSpace \tparam T \tparam Wt the model's parameters.
@@ -428,5 +444,5 @@ std::vector<std::int32_t> generate_greedy(mamba_lm<ExecSpace, T, Wt> const& mode
 }  // namespace ssm
 
 #if defined(KOKKOS_ENABLE_CUDA)
-#include <ssm/model/cuda/argmax.cuh>
+#include <ssm/model/cuda/token_choice.cuh>
 #endif
