@@ -19,6 +19,7 @@
 #include <vector>
 
 #include <ssm/model/generate.hpp>
+#include <ssm/model/scoring.hpp>
 
 #include "cuda_support.hpp"
 
@@ -194,6 +195,41 @@ void sweep() {
       check_choices<T>(V, where, rng);
 }
 
+/// score_tokens' log-softmax of rows left on the GPU against the host's loop in double.
+template <class T>
+void check_log_softmax() {
+  std::mt19937_64 rng(23);
+  std::normal_distribution<float> normal(0.0f, 20.0f);
+  for (int V : {1, 37, 50280}) {
+    int const L = 5;
+    Kokkos::View<T**, Kokkos::LayoutRight, Kokkos::HostSpace> logits("logits", L, V);
+    for (int l = 0; l < L; ++l)
+      for (int v = 0; v < V; ++v) logits(l, v) = from_float<T>(normal(rng));
+    logits(1, V - 1) = from_float<T>(80.0f);
+    logits(2, 0) = from_float<T>(-std::numeric_limits<float>::infinity());
+    int const picks[L] = {0, V - 1, V / 2, -1, V / 3};
+    Kokkos::View<std::int32_t*, Kokkos::HostSpace> targets("targets", L);
+    for (int l = 0; l < L; ++l) targets(l) = picks[l];
+    auto const d_logits = gpu::to_device(logits);
+    auto const d_targets = gpu::to_device(targets);
+    gpu::dev1<double> logprob("logprob", L);
+    ssm::detail::log_softmax_rows(gpu::space(), ssm::view2<const T, gpu::memory>(d_logits),
+                                  ssm::view1<const std::int32_t, gpu::memory>(d_targets),
+                                  ssm::view1<double, gpu::memory>(logprob));
+    auto const back = gpu::to_host(logprob);
+    for (int l = 0; l < L; ++l) {
+      CAPTURE(V, l);
+      double const expected =
+          picks[l] < 0 ? 0.0 : ssm::detail::log_softmax_at(&logits(l, 0), static_cast<std::size_t>(V), static_cast<std::size_t>(picks[l]));
+      if (std::isnan(expected)) {  // a row of one -inf: no distribution, NaN on both
+        REQUIRE(std::isnan(back(l)));
+        continue;
+      }
+      REQUIRE(std::abs(back(l) - expected) <= 1e-12 * (1.0 + std::abs(expected)));
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("argmax_rows and top_logits on the GPU agree with a sort of each row, fp32", "[cuda][sampling]") { sweep<float>(); }
@@ -202,4 +238,9 @@ TEST_CASE("argmax_rows and top_logits on the GPU agree with a sort of each row, 
 }
 TEST_CASE("argmax_rows and top_logits on the GPU agree with a sort of each row, fp16", "[cuda][sampling]") {
   sweep<ssm::f16>();
+}
+
+TEST_CASE("score_tokens' log-softmax of rows on the GPU agrees with the host's", "[cuda][score]") {
+  check_log_softmax<float>();
+  check_log_softmax<ssm::bf16>();
 }

@@ -231,6 +231,44 @@ TEST_CASE("sampling: argmax_rows and top_logits on the execution space agree wit
   check_row_maxima<Kokkos::LayoutLeft>();   // strided rows (a team per row everywhere)
 }
 
+TEST_CASE("scoring: log_softmax_rows on the execution space agrees with log_softmax_at", "[sampling][score]") {
+  // What score_tokens does with logits off the host, run here on the host space: the oracle is
+  // the host's own per-row loop in double. Rows of large logits (e^80 overflows a float, not a
+  // double), a row holding -inf and NaN, targets at both ends and -1 (no target: 0).
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 20.0f);
+  for (int V : {1, 37, 4099}) {
+    int const L = 6;
+    Kokkos::View<float**, Kokkos::LayoutRight, Kokkos::HostSpace> logits("logits", L, V);
+    Kokkos::View<std::int32_t*, Kokkos::HostSpace> targets("targets", L);
+    Kokkos::View<double*, Kokkos::HostSpace> logprob("logprob", L);
+    for (int l = 0; l < L; ++l)
+      for (int v = 0; v < V; ++v) logits(l, v) = normal(rng);
+    logits(1, V - 1) = 80.0f;
+    logits(2, 0) = -std::numeric_limits<float>::infinity();
+    logits(3, V / 2) = std::nanf("");  // the row's log-probabilities are NaN, as on the host
+    int const picks[L] = {0, V - 1, V / 2, 0, -1, V / 3};
+    for (int l = 0; l < L; ++l) targets(l) = picks[l];
+    test::space const exec;
+    detail::log_softmax_rows(exec, view2<const float, test::memory>(logits), view1<const std::int32_t, test::memory>(targets),
+                             view1<double, test::memory>(logprob));
+    exec.fence();
+    for (int l = 0; l < L; ++l) {
+      CAPTURE(V, l);
+      if (picks[l] < 0) {
+        REQUIRE(logprob(l) == 0.0);
+        continue;
+      }
+      double const expected = detail::log_softmax_at(&logits(l, 0), static_cast<std::size_t>(V), static_cast<std::size_t>(picks[l]));
+      if (std::isnan(expected)) {
+        REQUIRE(std::isnan(logprob(l)));
+        continue;
+      }
+      REQUIRE(std::abs(logprob(l) - expected) <= 1e-12 * (1.0 + std::abs(expected)));
+    }
+  }
+}
+
 TEST_CASE("sampling: options out of range are refused", "[sampling][errors]") {
   auto s = neutral();
   s.top_p = 0.0f;

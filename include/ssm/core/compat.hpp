@@ -43,6 +43,10 @@ KOKKOS_INLINE_FUNCTION float log1p(float x) { return kmath::log1p(x); }
 /// \param x the argument, \f$x > -1\f$.
 /// \return \f$\log(1 + x)\f$ (natural logarithm).
 KOKKOS_INLINE_FUNCTION double log1p(double x) { return kmath::log1p(x); }
+/// \brief Natural logarithm (double precision).
+/// \param x the argument, \f$x > 0\f$.
+/// \return \f$\log x\f$.
+KOKKOS_INLINE_FUNCTION double log(double x) { return kmath::log(x); }
 /// \brief Square root (single precision).
 /// \param x the argument, \f$x \ge 0\f$.
 /// \return \f$\sqrt{x}\f$.

@@ -13,10 +13,15 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
+#include <Kokkos_Core.hpp>
+
+#include <ssm/core/compat.hpp>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
+#include <ssm/core/views.hpp>
 #include <ssm/model/generate.hpp>  // generate_greedy, for the callers of this header
 #include <ssm/model/mamba_lm.hpp>
 
@@ -50,9 +55,45 @@ std::int32_t argmax(T const* row, std::size_t V) {
   return static_cast<std::int32_t>(best);
 }
 
+/// \brief `log_softmax_at` of every row on the execution space, a team per row:
+/// logprob(l) = log-softmax of row l at token targets(l), in double (0 where targets(l) < 0). The
+/// largest logit is the row's largest number (`row_max_key`; the host's loop skips NaN too), and
+/// the sum of exponentials is added in double in another order than the host's, so the two agree
+/// to double's rounding.
+/// \tparam ExecSpace a Kokkos execution space. \tparam T logit storage type.
+/// \tparam MemSpace memory space of the views.
+/// \param space the instance. \param logits (L, V). \param targets (L). \param logprob (L) out.
+template <class ExecSpace, class T, class MemSpace>
+void log_softmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& logits,
+                      view1<const std::int32_t, MemSpace> const& targets, view1<double, MemSpace> const& logprob) {
+  int const V = static_cast<int>(logits.extent(1));
+  using team = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  Kokkos::parallel_for(
+      "ssm::score_tokens::log_softmax", row_teams(space, static_cast<int>(logits.extent(0))),
+      KOKKOS_LAMBDA(team const& member) {
+        int const l = member.league_rank();
+        std::uint64_t const best = row_max_key(member, logits, l, V, ~std::uint64_t{0});
+        double const max = best == 0 ? -INFINITY : static_cast<double>(key_logit(best));
+        double sum = 0.0;
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(member, V),
+            [&](int const v, double& partial) { partial += compat::exp(static_cast<double>(to_float(logits(l, v))) - max); },
+            sum);
+        Kokkos::single(Kokkos::PerTeam(member), [&] {
+          std::int32_t const target = targets(l);
+          logprob(l) = target < 0 ? 0.0 : static_cast<double>(to_float(logits(l, target))) - max - compat::log(sum);
+        });
+      });
+}
+
 }  // namespace detail
 
 /// \brief Teacher-forced scores of one sequence, streamed in chunks through the recurrent state.
+///
+/// Where the logits are in host memory each row is scored by `detail::log_softmax_at` and
+/// `detail::argmax` after the chunk's forward pass; elsewhere (a GPU) the rows are scored where
+/// they are (`detail::log_softmax_rows`, `argmax_rows`) and only L log-probabilities and L tokens
+/// come back per chunk, not L x V logits.
 /// \tparam ExecSpace \tparam T \tparam Wt the model's parameters.
 /// \param model the language model. \param ids (n) the tokens, n >= 1.
 /// \param chunk tokens per forward pass (bounds the memory of the logits: chunk * V values).
@@ -70,6 +111,13 @@ token_scores score_tokens(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std
   token_scores scores;
   Kokkos::View<std::int32_t**, Kokkos::LayoutRight, memory_space> d_ids("ssm::score::ids", 1, std::min(chunk, ids.size()));
   Kokkos::View<T***, Kokkos::LayoutRight, memory_space> logits("ssm::score::logits", 1, d_ids.extent(1), V);
+  // off the host: each position's target (-1 for the last), and what comes back of its row
+  Kokkos::View<std::int32_t*, memory_space> d_targets("ssm::score::targets", d_ids.extent(1));
+  Kokkos::View<std::int32_t*, memory_space> d_argmax("ssm::score::argmax", d_ids.extent(1));
+  Kokkos::View<double*, memory_space> d_logprob("ssm::score::logprob", d_ids.extent(1));
+  auto h_targets = Kokkos::create_mirror_view(d_targets);
+  auto h_argmax = Kokkos::create_mirror_view(d_argmax);
+  auto h_logprob = Kokkos::create_mirror_view(d_logprob);
   for (std::size_t start = 0; start < ids.size(); start += chunk) {
     std::size_t const L = std::min(chunk, ids.size() - start);
     auto h_ids = Kokkos::create_mirror_view(d_ids);
@@ -78,16 +126,35 @@ token_scores score_tokens(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std
     Kokkos::View<T***, Kokkos::LayoutRight, memory_space> logits_l(logits.data(), 1, L, V);
     Kokkos::View<const std::int32_t**, Kokkos::LayoutRight, memory_space> ids_c(d_ids.data(), 1, L);
     model.forward(space, ids_c, logits_l, &cache);
-    space.fence();
-    auto const h_logits = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), logits);
-    for (std::size_t l = 0; l < L; ++l) {
-      std::size_t const i = start + l;
-      T const* row = h_logits.data() + l * V;
-      scores.argmax.push_back(detail::argmax(row, V));
-      if (i + 1 < ids.size()) {
-        double const lp = detail::log_softmax_at(row, V, static_cast<std::size_t>(ids[i + 1]));
-        scores.next_token_logprob.push_back(lp);
-        scores.sum_logprob += lp;
+    if constexpr (is_accessible_v<Kokkos::DefaultHostExecutionSpace, memory_space>) {
+      space.fence();
+      for (std::size_t l = 0; l < L; ++l) {
+        std::size_t const i = start + l;
+        T const* row = logits.data() + l * V;
+        scores.argmax.push_back(detail::argmax(row, V));
+        if (i + 1 < ids.size()) {
+          double const lp = detail::log_softmax_at(row, V, static_cast<std::size_t>(ids[i + 1]));
+          scores.next_token_logprob.push_back(lp);
+          scores.sum_logprob += lp;
+        }
+      }
+    } else {
+      for (std::size_t l = 0; l < L; ++l) h_targets(l) = start + l + 1 < ids.size() ? ids[start + l + 1] : -1;
+      Kokkos::deep_copy(space, d_targets, h_targets);
+      auto const first = std::make_pair(std::size_t{0}, L);
+      view2<const T, memory_space> const rows(logits.data(), Kokkos::LayoutStride(L, V, V, 1));
+      argmax_rows(space, rows, view1<std::int32_t, memory_space>(Kokkos::subview(d_argmax, first)));
+      detail::log_softmax_rows(space, rows, view1<const std::int32_t, memory_space>(Kokkos::subview(d_targets, first)),
+                               view1<double, memory_space>(Kokkos::subview(d_logprob, first)));
+      Kokkos::deep_copy(space, h_argmax, d_argmax);
+      Kokkos::deep_copy(space, h_logprob, d_logprob);
+      space.fence();
+      for (std::size_t l = 0; l < L; ++l) {
+        scores.argmax.push_back(h_argmax(l));
+        if (start + l + 1 < ids.size()) {
+          scores.next_token_logprob.push_back(h_logprob(l));
+          scores.sum_logprob += h_logprob(l);
+        }
       }
     }
   }
