@@ -209,6 +209,18 @@ TEST_CASE("fused block step on the GPU, fp32 activations over bf16 weights", "[c
   block_sweep<float, bf16>();
 }
 
+// Not run by default ("[.stress]"): the block sweeps over and over in one process, to catch a
+// race between launches that shows in a fraction of runs. x_proj's `narrow_gemm` launched as a
+// programmatic dependent failed about one run in six of this program, always in the bf16 sweep's
+// last case, and never with that case run alone (docs/benchmarks.md, 2026-12-02).
+TEST_CASE("the block sweeps, eight times over (a stress test for races between launches)", "[.stress]") {
+  for (int round = 0; round < 8; ++round) {
+    CAPTURE(round);
+    block_sweep<float, float>();
+    block_sweep<bf16, bf16>();
+  }
+}
+
 TEST_CASE("fused decoding step on the GPU matches the host step in fp32", "[cuda][step]") { sweep<float, float>(); }
 TEST_CASE("fused decoding step on the GPU matches the host step in bf16", "[cuda][step]") { sweep<bf16, bf16>(); }
 TEST_CASE("fused decoding step on the GPU matches the host step in fp16", "[cuda][step]") { sweep<f16, f16>(); }
