@@ -30,7 +30,7 @@ namespace ssm {
 /// \brief Teacher-forced scores of one token sequence.
 struct token_scores {
   std::vector<double> next_token_logprob;  ///< (n-1) log p(ids[i+1] | ids[0..i]), natural log
-  std::vector<std::int32_t> argmax;        ///< (n) the most likely next token at each position
+  std::vector<std::int32_t> argmax;        ///< (n) the most likely next token at each position (`argmax_rows`)
   double sum_logprob = 0.0;                ///< the sum of next_token_logprob
 };
 
@@ -44,15 +44,6 @@ double log_softmax_at(T const* row, std::size_t V, std::size_t index) {
   double sum = 0.0;
   for (std::size_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(to_float(row[v])) - max);
   return static_cast<double>(to_float(row[index])) - max - std::log(sum);
-}
-
-/// \brief The index of the largest logit (the first one on ties).
-template <class T>
-std::int32_t argmax(T const* row, std::size_t V) {
-  std::size_t best = 0;
-  for (std::size_t v = 1; v < V; ++v)
-    if (to_float(row[v]) > to_float(row[best])) best = v;
-  return static_cast<std::int32_t>(best);
 }
 
 /// \brief `log_softmax_at` of every row on the execution space, a team per row:
@@ -91,9 +82,10 @@ void log_softmax_rows(ExecSpace const& space, view2<const T, MemSpace> const& lo
 /// \brief Teacher-forced scores of one sequence, streamed in chunks through the recurrent state.
 ///
 /// Where the logits are in host memory each row is scored by `detail::log_softmax_at` and
-/// `detail::argmax` after the chunk's forward pass; elsewhere (a GPU) the rows are scored where
-/// they are (`detail::log_softmax_rows`, `argmax_rows`) and only L log-probabilities and L tokens
-/// come back per chunk, not L x V logits.
+/// `detail::argmax_row` (`argmax_rows`' host loop) after the chunk's forward pass; elsewhere (a
+/// GPU) the rows are scored where they are (`detail::log_softmax_rows`, `argmax_rows`) and only
+/// L log-probabilities and L tokens come back per chunk, not L x V logits. Either way the argmax
+/// is `argmax_rows`': the first of the largest numbers, -1 for a row without one.
 /// \tparam ExecSpace \tparam T \tparam Wt the model's parameters.
 /// \param model the language model. \param ids (n) the tokens, n >= 1.
 /// \param chunk tokens per forward pass (bounds the memory of the logits: chunk * V values).
@@ -131,7 +123,7 @@ token_scores score_tokens(mamba_lm<ExecSpace, T, Wt> const& model, std::span<std
       for (std::size_t l = 0; l < L; ++l) {
         std::size_t const i = start + l;
         T const* row = logits.data() + l * V;
-        scores.argmax.push_back(detail::argmax(row, V));
+        scores.argmax.push_back(detail::argmax_row(row, static_cast<int>(V)));
         if (i + 1 < ids.size()) {
           double const lp = detail::log_softmax_at(row, V, static_cast<std::size_t>(ids[i + 1]));
           scores.next_token_logprob.push_back(lp);
