@@ -35,7 +35,8 @@ namespace kernels {
 /// \brief Threads per block of the matrix-vector kernel.
 inline constexpr int gemv_threads = 256;
 
-/// \brief `Count` consecutive values at `p` widened to fp32, with 16-byte loads (`p` aligned).
+/// \brief `Count` consecutive activations at `p` widened to fp32, with 16-byte loads (`p`
+/// aligned), after `wait_for_previous_kernel`: the kernel before wrote them (`load_after_wait`).
 template <class T, int Count>
 __device__ inline void load_float(T const* p, float (&out)[Count]) {
   static_assert(Count * sizeof(T) % 16 == 0, "whole 16-byte pieces");
@@ -43,7 +44,7 @@ __device__ inline void load_float(T const* p, float (&out)[Count]) {
 #pragma unroll
   for (int i = 0; i < Count / per_piece; ++i) {
     float piece[per_piece];
-    widen_piece<T>(__ldg(reinterpret_cast<uint4 const*>(p) + i), piece);
+    widen_piece<T>(load_after_wait(reinterpret_cast<uint4 const*>(p) + i), piece);
 #pragma unroll
     for (int j = 0; j < per_piece; ++j) out[i * per_piece + j] = piece[j];
   }
@@ -160,13 +161,14 @@ __device__ inline void gemv_block(Wt const* __restrict__ w, std::int64_t ldw, in
 
 /// \brief y (M, N) = x (M, K) W^T (N, K) + b, fp32 sums; K a multiple of 16 / sizeof(Wt).
 ///
-/// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads; see `gemv_block`.
+/// Grid: ceil(N / (Rows * 8 / split)) blocks of 256 threads; see `gemv_block`. x is not
+/// `__restrict__`: the kernel before writes it (see `wait_for_previous_kernel`).
 /// \tparam M activation rows (1 to 8). \tparam Rows outputs per warp (M * Rows <= 32).
 /// \tparam Depth 16-byte pieces per lane and row in each batch of loads.
 /// \tparam T activation type. \tparam Wt weight type.
 template <int M, int Rows, int Depth, class T, class Wt>
 __global__ void __launch_bounds__(gemv_threads)
-    gemv(T const* __restrict__ x, std::int64_t ldx, Wt const* __restrict__ w, std::int64_t ldw,
+    gemv(T const* x, std::int64_t ldx, Wt const* __restrict__ w, std::int64_t ldw,
          Wt const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int N, int K, int split) {
   constexpr int vec = 16 / sizeof(Wt);
   gemv_block<M, Rows, Depth>(

@@ -65,11 +65,12 @@ inline constexpr int narrow_tile_outputs = 32;
 /// Grid (S, ceil(N / 32), ceil(M / (16 MT))) in clusters of (S, 1, 1) blocks of 256 threads: a
 /// cluster per tile of 16 MT rows x 32 outputs, its S blocks (1 to 16) splitting K (see the file
 /// comment). Rows and outputs past the ends read the last ones and are not stored.
+/// x is not `__restrict__`: the kernel before writes it (see `wait_for_previous_kernel`).
 /// \tparam MT m16 fragments of rows per tile (1 or 2). \tparam Depth slices a warp has in flight.
 /// \tparam T `ssm::bf16` or `ssm::f16`.
 template <int MT, int Depth, class T>
 __global__ void __launch_bounds__(narrow_threads)
-    narrow_gemm(T const* __restrict__ x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
+    narrow_gemm(T const* x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
                 T const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int M, int N, int K) {
   namespace cg = cooperative_groups;
   constexpr int NT = narrow_tile_outputs / 8, warps = narrow_threads / 32;
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(narrow_threads)
     for (int i = 0; i < MT; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        xa[i][h] = k < K ? __ldg(reinterpret_cast<uint4 const*>(xr[i][h] + k)) : make_uint4(0u, 0u, 0u, 0u);
+        xa[i][h] = k < K ? load_after_wait(reinterpret_cast<uint4 const*>(xr[i][h] + k)) : make_uint4(0u, 0u, 0u, 0u);
   };
 
   // The warp's slices are c0, c0 + stride, ...: Depth of them in flight, each multiplied, then
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(narrow_threads)
   allow_next_kernel();
 #pragma unroll
   for (int d = 0; d < Depth; ++d) fetch_w(c0 + d * stride, wb[d]);  // the weights first
-  wait_for_previous_kernel();  // a no-op in the ordinary launch of `narrow_gemm_with`
+  wait_for_previous_kernel();
 #pragma unroll
   for (int d = 0; d < Depth; ++d) fetch_x(c0 + d * stride, xa[d]);
   for (int c = c0; c < slices; c += Depth * stride) {
@@ -222,28 +223,24 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
     }();
     (void)non_portable;
   }
-  // An ordinary launch, not a programmatic dependent: launched as one (with its clusters), the
-  // kernel appears to read its input before the kernel before it has written it (why was not
-  // found). Decoding 16 sequences of the 2.8B widths on an H200, the second step's output was
-  // wrong in about half the runs of `test_cuda_step` (never the first step, whose scratch
-  // allocations synchronize), and right in nine of nine with this launch alone made ordinary
-  // (every other kernel still a programmatic dependent). The kernel still lets the next one
-  // start early. Looked at again (docs/benchmarks.md, 2026-12-02): as a programmatic dependent
-  // it failed 1 of 6 runs of the whole test program and 0 of 16 of the bf16 block test alone;
-  // with x read through L2 only, the trigger moved to the end, or the wait moved before the
-  // weights' loads, 0 of 6 each: too few failures to tell which, if any, removes the cause.
-  cudaLaunchAttribute attributes[1] = {};
+  // A programmatic dependent (as `launch` makes one) in clusters. x, which the kernel before
+  // wrote, is read with `load_after_wait`: read with `__ldg`, its loads were issued before the
+  // wait, and decoding 16 sequences gave a wrong second step in about half the runs
+  // (docs/benchmarks.md, "x_proj's race").
+  cudaLaunchAttribute attributes[2] = {};
   attributes[0].id = cudaLaunchAttributeClusterDimension;
   attributes[0].val.clusterDim.x = static_cast<unsigned>(cluster);
   attributes[0].val.clusterDim.y = 1;
   attributes[0].val.clusterDim.z = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(cluster), blocks_for(static_cast<std::size_t>(N), kernels::narrow_tile_outputs),
                         blocks_for(static_cast<std::size_t>(M), 16 * MT));
   config.blockDim = dim3(kernels::narrow_threads);
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = 1;
+  config.numAttrs = 2;
   check(cudaLaunchKernelEx(&config, kernel, x, ldx, w, ldw, bias, y, ldy, M, N, K),
         "ssm::linear (CUDA narrow_gemm)");
 }

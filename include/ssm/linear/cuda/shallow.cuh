@@ -57,12 +57,13 @@ inline constexpr int shallow_tile_outputs = 16;
 ///
 /// Grid (ceil(N / 16), ceil(M / 64)) blocks of 128 threads. Rows and outputs past the ends read the
 /// last ones and are not stored. Every thread waits for the previous kernel, so that this one
-/// does not finish before it.
+/// does not finish before it. x is not `__restrict__`: the kernel before writes it (see
+/// `wait_for_previous_kernel`).
 /// \tparam slices 32-wide slices of K the lanes hold (the last ones may be past K: zero).
 /// \tparam T `ssm::bf16` or `ssm::f16`.
 template <int slices, class T>
 __global__ void __launch_bounds__(shallow_threads)
-    shallow_gemm(T const* __restrict__ x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
+    shallow_gemm(T const* x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
                  T const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int M, int N, int K) {
   constexpr int NT = shallow_tile_outputs / 8;  // n8 fragments
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -72,17 +73,19 @@ __global__ void __launch_bounds__(shallow_threads)
   allow_next_kernel();
 
   // Slice c of K is K[32 c, 32 c + 32); the lane's piece is K[32 c + 8 t, + 8), whole or absent.
-  auto piece = [&](T const* row, int c) {
+  auto piece = [&](T const* row, int c, auto load) {
     int const k = 32 * c + 8 * t;
-    return k < K ? __ldg(reinterpret_cast<uint4 const*>(row + k)) : make_uint4(0u, 0u, 0u, 0u);
+    return k < K ? load(reinterpret_cast<uint4 const*>(row + k)) : make_uint4(0u, 0u, 0u, 0u);
   };
+  auto const weights = [](uint4 const* p) { return __ldg(p); };
+  auto const activations = [](uint4 const* p) { return load_after_wait(p); };  // the kernel before wrote them
   bool const has_rows = m0 < M;  // the same for the whole warp
   uint4 wb[slices][NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     T const* const row = w + static_cast<std::int64_t>(min(n0 + 8 * j + g, N - 1)) * ldw;
 #pragma unroll
-    for (int c = 0; c < slices; ++c) wb[c][j] = has_rows ? piece(row, c) : make_uint4(0u, 0u, 0u, 0u);
+    for (int c = 0; c < slices; ++c) wb[c][j] = has_rows ? piece(row, c, weights) : make_uint4(0u, 0u, 0u, 0u);
   }
   wait_for_previous_kernel();
   if (!has_rows) return;
@@ -91,7 +94,7 @@ __global__ void __launch_bounds__(shallow_threads)
   for (int h = 0; h < 2; ++h) {
     T const* const row = x + static_cast<std::int64_t>(min(m0 + 8 * h + g, M - 1)) * ldx;
 #pragma unroll
-    for (int c = 0; c < slices; ++c) xa[c][h] = piece(row, c);
+    for (int c = 0; c < slices; ++c) xa[c][h] = piece(row, c, activations);
   }
   float acc[NT][4] = {};
 #pragma unroll

@@ -81,11 +81,12 @@ __device__ __forceinline__ void for_pieces(uint4 const* pieces, int first, int l
 
 /// \brief tokens[b tokens_stride] = the token of the largest key of row b (-1 if the row has
 /// no number). Grid: one block of `choice_threads` per row. Rows are `ld` values apart and
-/// 16-byte aligned.
+/// 16-byte aligned. The logits are not `__restrict__`: the kernel before writes them (see
+/// `wait_for_previous_kernel`).
 /// \tparam T `float`, `ssm::f16` or `ssm::bf16`.
 template <class T>
 __global__ void __launch_bounds__(choice_threads)
-    argmax_rows_kernel(T const* __restrict__ logits, std::int64_t ld, int V, std::int32_t* __restrict__ tokens,
+    argmax_rows_kernel(T const* logits, std::int64_t ld, int V, std::int32_t* __restrict__ tokens,
                        std::int64_t tokens_stride) {
   constexpr int P = piece_values<T>;
   int const b = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x);
@@ -127,10 +128,12 @@ __global__ void __launch_bounds__(choice_threads)
 /// \brief The `count` largest logits of row b, most likely first (see the file comment): tokens
 /// (b, i) at `tokens + b tokens_b + i tokens_i`, their values likewise. Grid: one block of
 /// `choice_threads` per row; rows `ld` values apart and 16-byte aligned; count <= `top_max_count`.
+/// The logits are not `__restrict__`: the kernel before writes them (see
+/// `wait_for_previous_kernel`).
 /// \tparam T `float`, `ssm::f16` or `ssm::bf16`.
 template <class T>
 __global__ void __launch_bounds__(choice_threads)
-    top_logits_kernel(T const* __restrict__ logits, std::int64_t ld, int V, int count, std::int32_t* __restrict__ tokens,
+    top_logits_kernel(T const* logits, std::int64_t ld, int V, int count, std::int32_t* __restrict__ tokens,
                       std::int64_t tokens_b, std::int64_t tokens_i, float* __restrict__ values, std::int64_t values_b,
                       std::int64_t values_i) {
   constexpr int P = piece_values<T>;
