@@ -21,7 +21,8 @@
 /// with both changes against without, the binaries alternating twice in one call, ms per step:
 /// 8 sequences 2.796 → 2.771, 16 sequences 2.928 → 2.841, 64 sequences 4.004 → 3.892; then, with
 /// x_proj's launch made ordinary to fix a race (`narrow.cuh`), 2.792 → 2.772, 2.925 → 2.892 and
-/// 4.003 → 3.961 against the code before both changes (which had the race). Alone, in a
+/// 4.003 → 3.961 against the code before both changes (which had the race; x_proj is a
+/// programmatic dependent again since its cause was found: `wait_for_previous_kernel`). Alone, in a
 /// graph of back-to-back launches (`bench_cuda_linear`), it takes 1.90, 2.14 and 3.71 µs at 8, 16
 /// and 64 rows, against cuBLASLt's 2.89, 2.92 and 3.05: slower at 64 rows alone, faster in the
 /// step. Registers only for the slices K needs (5 at K = 160) matter: with room for 8 slices

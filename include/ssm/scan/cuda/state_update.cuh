@@ -80,7 +80,7 @@
 /// start at once: the copies overlap dt_proj and the launch. Decoding on an H200 (2.8B, bf16),
 /// ms per step at 8 / 16 / 64 sequences, the binaries alternating twice in one call: 2.796 /
 /// 2.928 / 4.004 → 2.771 / 2.841 / 3.892 (2.772 / 2.892 / 3.961 once x_proj's launch was made
-/// ordinary to fix a race, `narrow.cuh`). Behind cuBLASLt's dt_proj, an ordinary launch that
+/// ordinary to fix a race, `narrow.cuh`, since undone). Behind cuBLASLt's dt_proj, an ordinary launch that
 /// lets nothing start before it ends, the early copies alone had given 3.995 → 3.947 at 64
 /// sequences and 2.908 → 2.926 at 16.
 ///
