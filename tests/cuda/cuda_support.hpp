@@ -1,6 +1,6 @@
 #pragma once
-// Helpers of the GPU tests: move contiguous host tensors to the GPU and back, and poison outputs
-// so that an element a kernel forgot to write cannot pass for a right one.
+// Helpers of the GPU tests: move contiguous host tensors to the GPU and back, fill them with random
+// values, and poison outputs so that an element a kernel forgot to write cannot pass for a right one.
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -38,6 +38,14 @@ auto to_device(HostView const& host) {
 template <class DeviceView>
 auto to_host(DeviceView const& device) {
   return Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), device);
+}
+
+/// Fill a contiguous GPU view as `fill_uniform` fills a host one (the same values for the same seed).
+template <class DeviceView>
+void fill_uniform_on_device(DeviceView const& device, std::uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  auto host = Kokkos::create_mirror_view(device);
+  fill_uniform(host, seed, lo, hi);
+  Kokkos::deep_copy(device, host);
 }
 
 /// Fill a GPU view with NaN bit patterns of its element type: outputs start poisoned.

@@ -132,12 +132,9 @@ void check_waits(char const* what, Input const& input, Output const& output, Run
 template <class T>
 void linear_waits(std::size_t M, std::size_t K, std::size_t N, std::size_t pitch, char const* what) {
   CAPTURE(M, K, N, pitch);
-  host2<T> x("x", M, pitch), w("w", N, K);
-  fill_uniform(x, 11 * M + K);
-  fill_uniform(w, 13 * N + K);
-  auto const d_x = gpu::to_device(x);
-  auto const d_w = gpu::to_device(w);
-  gpu::dev2<T> y("y", M, N);
+  gpu::dev2<T> d_x("x", M, pitch), d_w("w", N, K), y("y", M, N);
+  gpu::fill_uniform_on_device(d_x, 11 * M + K);
+  gpu::fill_uniform_on_device(d_w, 13 * N + K);
   ssm::linear_params<T, T, gpu::memory> p;
   p.x = ssm::strided<const T, gpu::memory>(d_x.data(), M, pitch, K, 1);
   p.weight = d_w;
@@ -162,16 +159,12 @@ TEST_CASE("rms_norm's kernel waits for its input", "[cuda][dependent]") {
   for (std::size_t M : {1, 16, 64}) {
     CAPTURE(M);
     std::size_t const E = 2560;
-    host2<T> x("x", M, E);
-    host2<float> residual("residual", M, E);
-    host1<T> weight("weight", E);
-    fill_uniform(x, 3 * M);
-    fill_uniform(residual, 5 * M);
-    fill_uniform(weight, 7);
-    auto const d_x = gpu::to_device(x);
-    auto const d_residual = gpu::to_device(residual);
-    auto const d_weight = gpu::to_device(weight);
-    gpu::dev2<T> out("out", M, E);
+    gpu::dev2<T> d_x("x", M, E), out("out", M, E);
+    gpu::dev2<float> d_residual("residual", M, E);
+    gpu::dev1<T> d_weight("weight", E);
+    gpu::fill_uniform_on_device(d_x, 3 * M);
+    gpu::fill_uniform_on_device(d_residual, 5 * M);
+    gpu::fill_uniform_on_device(d_weight, 7);
     ssm::rms_norm_params<T, T, gpu::memory> p;
     p.residual = d_residual;
     p.weight = d_weight;
@@ -188,19 +181,13 @@ TEST_CASE("causal_conv1d_update's kernel waits for its input", "[cuda][dependent
   for (std::size_t B : {1, 16}) {
     CAPTURE(B);
     std::size_t const D = 5120, W = 4;
-    host2<T> x("x", B, D), weight("weight", D, W);
-    host3<T> state("state", B, D, W - 1);
-    host1<T> bias("bias", D);
-    fill_uniform(x, 17 * B);
-    fill_uniform(weight, 19);
-    fill_uniform(state, 23 * B);
-    fill_uniform(bias, 29);
-    auto const d_x = gpu::to_device(x);
-    auto const d_weight = gpu::to_device(weight);
-    auto const d_bias = gpu::to_device(bias);
-    auto const d_initial = gpu::to_device(state);
-    gpu::dev3<T> d_state("state", B, D, W - 1);
-    gpu::dev2<T> out("out", B, D);
+    gpu::dev2<T> d_x("x", B, D), d_weight("weight", D, W), out("out", B, D);
+    gpu::dev3<T> d_initial("initial state", B, D, W - 1), d_state("state", B, D, W - 1);
+    gpu::dev1<T> d_bias("bias", D);
+    gpu::fill_uniform_on_device(d_x, 17 * B);
+    gpu::fill_uniform_on_device(d_weight, 19);
+    gpu::fill_uniform_on_device(d_initial, 23 * B);
+    gpu::fill_uniform_on_device(d_bias, 29);
     ssm::causal_conv1d_update_params<T, T, gpu::memory> p;
     p.x = d_x;
     p.state = d_state;
@@ -220,9 +207,8 @@ TEST_CASE("argmax_rows' and top_logits' kernels wait for the logits", "[cuda][de
   for (std::size_t B : {1, 8}) {
     CAPTURE(B);
     std::size_t const V = 50280;
-    host2<T> logits("logits", B, V);
-    fill_uniform(logits, 31 * B, -8.0f, 8.0f);
-    auto const d_logits = gpu::to_device(logits);
+    gpu::dev2<T> d_logits("logits", B, V);
+    gpu::fill_uniform_on_device(d_logits, 31 * B, -8.0f, 8.0f);
     ssm::view2<const T, gpu::memory> const in(d_logits);
     gpu::dev1<std::int32_t> tokens("tokens", B);
     gpu::dev2<std::int32_t> top("top", B, 40);
@@ -241,31 +227,20 @@ TEST_CASE("selective_state_update's kernels wait for their inputs", "[cuda][depe
   for (std::size_t B : {1, 16}) {
     CAPTURE(B);
     std::size_t const D = 5120, N = 16;
-    host2<T> x("x", B, D), dt("dt", B, D), z("z", B, D);
-    host3<T> Bm("B", B, 1, N), Cm("C", B, 1, N);
-    host3<float> state("state", B, D, N);
-    host2<float> A("A", D, N);
-    host1<float> skip("D", D), dt_bias("dt_bias", D);
-    fill_uniform(x, 37 * B);
-    fill_uniform(dt, 41 * B, -3.0f, 0.0f);
-    fill_uniform(z, 43 * B);
-    fill_uniform(Bm, 47 * B);
-    fill_uniform(Cm, 53 * B);
-    fill_uniform(state, 59 * B);
-    fill_uniform(A, 61, -4.0f, -0.5f);
-    fill_uniform(skip, 67);
-    fill_uniform(dt_bias, 71, -1.0f, 1.0f);
-    auto const d_x = gpu::to_device(x);
-    auto const d_dt = gpu::to_device(dt);
-    auto const d_z = gpu::to_device(z);
-    auto const d_B = gpu::to_device(Bm);
-    auto const d_C = gpu::to_device(Cm);
-    auto const d_A = gpu::to_device(A);
-    auto const d_skip = gpu::to_device(skip);
-    auto const d_bias = gpu::to_device(dt_bias);
-    auto const d_initial = gpu::to_device(state);
-    gpu::dev3<float> d_state("state", B, D, N);
-    gpu::dev2<T> out("out", B, D);
+    gpu::dev2<T> d_x("x", B, D), d_dt("dt", B, D), d_z("z", B, D), out("out", B, D);
+    gpu::dev3<T> d_B("B", B, 1, N), d_C("C", B, 1, N);
+    gpu::dev3<float> d_initial("initial state", B, D, N), d_state("state", B, D, N);
+    gpu::dev2<float> d_A("A", D, N);
+    gpu::dev1<float> d_skip("D", D), d_bias("dt_bias", D);
+    gpu::fill_uniform_on_device(d_x, 37 * B);
+    gpu::fill_uniform_on_device(d_dt, 41 * B, -3.0f, 0.0f);
+    gpu::fill_uniform_on_device(d_z, 43 * B);
+    gpu::fill_uniform_on_device(d_B, 47 * B);
+    gpu::fill_uniform_on_device(d_C, 53 * B);
+    gpu::fill_uniform_on_device(d_initial, 59 * B);
+    gpu::fill_uniform_on_device(d_A, 61, -4.0f, -0.5f);
+    gpu::fill_uniform_on_device(d_skip, 67);
+    gpu::fill_uniform_on_device(d_bias, 71, -1.0f, 1.0f);
     ssm::selective_state_update_params<T, gpu::memory> p;
     p.state = d_state;
     p.x = d_x;
@@ -296,9 +271,8 @@ TEST_CASE("a block's decoding step waits for its input", "[cuda][dependent]") {
   ssm::mamba_config const c = mamba_shape(2560, 5120, 16, 4, 160, false, false);  // the 2.8B model's widths
   auto const weights = ssm::mamba_mixer_weights<T, gpu::memory>::allocate(c);
   weights.copy_from(random_weights<T>(c, 73));
-  host1<T> norm("norm", static_cast<std::size_t>(c.d_model));
-  fill_uniform(norm, 79, 0.5f, 1.5f);
-  auto const d_norm = gpu::to_device(norm);
+  gpu::dev1<T> d_norm("norm", static_cast<std::size_t>(c.d_model));
+  gpu::fill_uniform_on_device(d_norm, 79, 0.5f, 1.5f);
   block const on_gpu(typename block::mixer_type(c, weights), d_norm);
   // 1, 2 and 16 sequences through the fused kernels, 64 op by op; x_proj and the state update in
   // one launch or two
@@ -309,20 +283,12 @@ TEST_CASE("a block's decoding step waits for its input", "[cuda][dependent]") {
       auto const E = static_cast<std::size_t>(c.d_model), batch = static_cast<std::size_t>(B);
       auto initial = block::state_type::zeros(c, B);
       auto state = block::state_type::zeros(c, B);
-      host3<T> conv("conv", initial.conv.extent(0), initial.conv.extent(1), initial.conv.extent(2));
-      host3<float> ssm_state("ssm", initial.ssm.extent(0), initial.ssm.extent(1), initial.ssm.extent(2));
-      fill_uniform(conv, 83 * batch);
-      fill_uniform(ssm_state, 89 * batch);
-      Kokkos::deep_copy(initial.conv, conv);
-      Kokkos::deep_copy(initial.ssm, ssm_state);
-      host2<T> hidden("hidden", batch, E);
-      host2<float> residual("residual", batch, E);
-      fill_uniform(hidden, 97 * batch);
-      fill_uniform(residual, 101 * batch, -2.0f, 2.0f);
-      auto const d_hidden = gpu::to_device(hidden);
-      auto const d_initial_residual = gpu::to_device(residual);
-      gpu::dev2<float> d_residual("residual", batch, E);
-      gpu::dev2<T> out("out", batch, E);
+      gpu::fill_uniform_on_device(initial.conv, 83 * batch);
+      gpu::fill_uniform_on_device(initial.ssm, 89 * batch);
+      gpu::dev2<T> d_hidden("hidden", batch, E), out("out", batch, E);
+      gpu::dev2<float> d_initial_residual("initial residual", batch, E), d_residual("residual", batch, E);
+      gpu::fill_uniform_on_device(d_hidden, 97 * batch);
+      gpu::fill_uniform_on_device(d_initial_residual, 101 * batch, -2.0f, 2.0f);
       // the step advances the state and adds to the residual in place: each run starts from the same
       auto const restore = [&](gpu::space const& space) {
         Kokkos::deep_copy(space, state.conv, initial.conv);

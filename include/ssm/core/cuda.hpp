@@ -176,6 +176,16 @@ __device__ inline void allow_next_kernel() {
 #endif
 }
 
+/// \brief The launch attribute that makes a kernel a programmatic dependent of the one before it
+/// (what `launch` gives; for launches with further attributes, such as clusters).
+/// \return the attribute.
+inline cudaLaunchAttribute programmatic_dependent() {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  return attribute;
+}
+
 /// \brief Launch `kernel` on `stream` as a programmatic dependent of the kernel before it: its
 /// blocks may start while that kernel finishes, up to their `wait_for_previous_kernel`. In a chain
 /// of small kernels (a decoding step) this hides each launch behind the previous kernel's tail.
@@ -187,9 +197,7 @@ __device__ inline void allow_next_kernel() {
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t stream,
             char const* what, Args&&... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attribute = programmatic_dependent();
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;

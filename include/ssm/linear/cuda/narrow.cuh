@@ -233,8 +233,7 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
   attributes[0].val.clusterDim.x = static_cast<unsigned>(cluster);
   attributes[0].val.clusterDim.y = 1;
   attributes[0].val.clusterDim.z = 1;
-  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  attributes[1] = programmatic_dependent();
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(cluster), blocks_for(static_cast<std::size_t>(N), kernels::narrow_tile_outputs),
                         blocks_for(static_cast<std::size_t>(M), 16 * MT));
