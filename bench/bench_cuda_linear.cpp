@@ -17,9 +17,12 @@
 //
 // `--prefill` instead times the four products of a 2048-token prefill, through ssm::linear and
 // through each algorithm cuBLASLt's heuristic proposes for the shape (`algorithm_sweep`);
-// `--decode` the cuBLASLt products of a decoding step at 8, 16 and 64 rows, through those
-// algorithms and through the first two with K split other ways (`decode_sweep`).
+// `--decode` the cuBLASLt products of a decoding step at 8, 16 and 64 rows (in_proj also at 32,
+// 48, 96 and 128), through those algorithms and through the first two with K split other ways
+// (`decode_sweep`). Both say of each algorithm whether its output has the first's bits, which
+// `ssm::linear`'s timed choice among them relies on (ssm/linear/cuda/cublaslt.cuh).
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -153,6 +156,14 @@ void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
 
 }  // namespace
 
+/// Whether two views hold the same bits (copied to the host; the space is fenced first).
+bool same_bits(view2 const& a, view2 const& b) {
+  Kokkos::fence();
+  auto const ha = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, a);
+  auto const hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, b);
+  return std::memcmp(ha.data(), hb.data(), a.size() * sizeof(T)) == 0;
+}
+
 /// y = x W^T (bf16, fp32 sums) through each of the algorithms cuBLASLt's heuristic proposes for
 /// the shape, not only its first: to see whether the first is the fastest at prefill's sizes.
 class algorithm_sweep {
@@ -206,11 +217,18 @@ class algorithm_sweep {
   }
   /// A configuration's tile, K splits and reduction scheme, as cuBLASLt numbers them.
   static std::string describe(cublasLtMatmulAlgo_t const& algo) {
-    std::uint32_t tile = 0, splits = 0, scheme = 0;
+    std::int32_t id = 0;
+    std::uint32_t tile = 0, splits = 0, scheme = 0, stages = 0;
+    std::uint16_t cluster = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, nullptr);
     cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, nullptr);
     cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof splits, nullptr);
     cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme, nullptr);
-    return "tile " + std::to_string(tile) + ", split K " + std::to_string(splits) + ", reduction " + std::to_string(scheme);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster, nullptr);
+    return "algorithm " + std::to_string(id) + ", tile " + std::to_string(tile) + ", split K " + std::to_string(splits) +
+           ", reduction " + std::to_string(scheme) + ", stages " + std::to_string(stages) + ", cluster " +
+           std::to_string(cluster);
   }
 
  private:
@@ -242,9 +260,13 @@ void prefill_sweep(space const& s) {
                                                   y.data(), N);
            }));
     algorithm_sweep const sweep(M, N, K, ldx, 16);
+    view2 first("first", M, N), other("other", M, N);
+    if (sweep.size() > 0) sweep.run(ssm::cuda::stream(s), 0, x.data(), w.data(), first.data());
     for (int i = 0; i < sweep.size(); ++i) {
-      char label[64];
-      std::snprintf(label, sizeof label, "cuBLASLt algorithm %d of %d", i + 1, sweep.size());
+      sweep.run(ssm::cuda::stream(s), i, x.data(), w.data(), other.data());
+      char label[160];
+      std::snprintf(label, sizeof label, "cuBLASLt algorithm %d of %d (%s; %s bits)", i + 1, sweep.size(),
+                    algorithm_sweep::describe(sweep.algorithm(i)).c_str(), same_bits(first, other) ? "same" : "other");
       report(label, median_ms(s, [&] { sweep.run(ssm::cuda::stream(s), i, x.data(), w.data(), y.data()); }));
     }
   }
@@ -280,9 +302,11 @@ void decode_sweep(space const& s) {
                                         shape{"dt_proj", 5120, 160, 192}}) {
     double const bytes = 2.0 * N * K;
     std::vector<view2> const ws = weight_copies(N, K);
-    view2 x("x", 64, ldx), y("y", 64, N);
+    view2 x("x", 128, ldx), y("y", 128, N);
     fill(x);
-    for (int M : {8, 16, 64}) {
+    std::vector<int> const rows = std::string_view(name) == "in_proj" ? std::vector<int>{8, 16, 32, 48, 64, 96, 128}
+                                                                       : std::vector<int>{8, 16, 64};
+    for (int M : rows) {
       auto report = [&](std::string const& label, std::function<void(view2 const&)> const& one) {
         double const us = us_per_launch(s, ws, one);
         std::printf("| %s | %d | %s | %.2f | %.0f |\n", name, M, label.c_str(), us, bytes / us / 1e3);
@@ -292,9 +316,15 @@ void decode_sweep(space const& s) {
         ssm::cuda::cublaslt::get().linear<T>(stream, M, N, K, x.data(), ldx, w.data(), K, nullptr, y.data(), N);
       });
       algorithm_sweep const sweep(M, N, K, ldx, 8);
-      for (int i = 0; i < sweep.size(); ++i)
-        report("heuristic " + std::to_string(i + 1) + " (" + algorithm_sweep::describe(sweep.algorithm(i)) + ")",
+      view2 first("first", M, N), other("other", M, N);
+      if (sweep.size() > 0) sweep.run(stream, 0, x.data(), ws[0].data(), first.data());
+      for (int i = 0; i < sweep.size(); ++i) {
+        sweep.run(stream, i, x.data(), ws[0].data(), other.data());
+        bool const same = same_bits(first, other);
+        report("heuristic " + std::to_string(i + 1) + " (" + algorithm_sweep::describe(sweep.algorithm(i)) + "; " +
+                   (same ? "same" : "other") + " bits)",
                [&](view2 const& w) { sweep.run(stream, i, x.data(), w.data(), y.data()); });
+      }
       for (int i = 0; i < std::min(2, sweep.size()); ++i)
         for (std::uint32_t splits : {1u, 2u, 3u, 4u, 6u, 8u, 12u, 16u}) {
           auto const algo = sweep.with_split(i, splits);

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include <ssm/linear/linear.hpp>
@@ -185,4 +186,74 @@ TEST_CASE("linear_partials on the GPU: each slice of K is the reference product 
     compare_partials<float, ssm::bf16>(S, 2, 32, 8);
   }
   compare_partials<ssm::bf16, ssm::bf16>(2, 64, 5120, 2560);  // out_proj of 64 sequences at the 2.8B shape
+}
+
+namespace {
+
+/// Whether two views of the GPU hold the same bits.
+template <class View>
+bool same_bits(View const& a, View const& b) {
+  auto const ha = gpu::to_host(a);
+  auto const hb = gpu::to_host(b);
+  using T = typename View::non_const_value_type;
+  return ha.size() == hb.size() && std::memcmp(ha.data(), hb.data(), ha.size() * sizeof(T)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("cuBLASLt's timed choice of algorithm gives the bits of the heuristic's first", "[cuda][linear]") {
+  using T = ssm::bf16;
+  auto& lt = ssm::cuda::cublaslt::get();
+  gpu::space space;
+  cudaStream_t const stream = ssm::cuda::stream(space);
+  std::size_t const tuned_before = ssm::cuda::cublaslt::tuned_plans;
+  struct shape { int M, N, K; bool bias; };
+  // in_proj of 64 sequences at the 2.8B shape, then smaller products of prefill-like and odd sizes
+  for (shape const& s : {shape{64, 10240, 2560, false}, shape{48, 4096, 1024, true}, shape{2048, 1024, 512, false},
+                         shape{333, 1536, 776, true}}) {
+    int const M = s.M, N = s.N, K = s.K;
+    bool const has_bias = s.bias;
+    CAPTURE(M, N, K, has_bias);
+    gpu::dev2<T> x("x", M, K), w("w", N, K), y_first("y_first", M, N), y_timed("y_timed", M, N);
+    gpu::dev1<T> bias("bias", N);
+    gpu::fill_uniform_on_device(x, 11);
+    gpu::fill_uniform_on_device(w, 12);
+    gpu::fill_uniform_on_device(bias, 13);
+    T const* b = has_bias ? bias.data() : nullptr;
+    auto product = [&](int tuning, gpu::dev2<T> const& y) {
+      space.fence();
+      lt.forget_plans();
+      ssm::cuda::cublaslt::force_tuning = tuning;
+      gpu::poison(y);
+      lt.linear<T>(stream, M, N, K, x.data(), K, w.data(), K, b, y.data(), N);
+      space.fence();
+    };
+    product(0, y_first);
+    product(1, y_timed);
+    REQUIRE(same_bits(y_first, y_timed));
+  }
+  // out_proj of 64 sequences as two partial sums over halves of K, as a decoding step takes it
+  {
+    int const M = 64, N = 2560, K = 5120, S = 2;
+    gpu::dev2<T> x("x", M, K), w("w", N, K);
+    gpu::dev3<float> first("first", S, M, N), timed("timed", S, M, N);
+    gpu::fill_uniform_on_device(x, 21);
+    gpu::fill_uniform_on_device(w, 22);
+    auto product = [&](int tuning, gpu::dev3<float> const& partials) {
+      space.fence();
+      lt.forget_plans();
+      ssm::cuda::cublaslt::force_tuning = tuning;
+      gpu::poison(partials);
+      lt.partials<T>(stream, M, N, K, S, x.data(), K, w.data(), K, partials.data(), N, std::int64_t{M} * N);
+      space.fence();
+    };
+    product(0, first);
+    product(1, timed);
+    REQUIRE(same_bits(first, timed));
+  }
+  ssm::cuda::cublaslt::force_tuning = -1;
+  lt.forget_plans();
+  // The heuristic offers several algorithms that do not split K at these sizes (on the H200 at
+  // least 4 for each of the first three shapes): some plan must have timed two or more.
+  CHECK(ssm::cuda::cublaslt::tuned_plans > tuned_before);
 }
