@@ -22,9 +22,9 @@
 // (`decode_sweep`). Both say of each algorithm whether its output has the first's bits, which
 // `ssm::linear`'s timed choice among them relies on (ssm/linear/cuda/cublaslt.cuh).
 #include <algorithm>
-#include <cstring>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <string>
@@ -154,8 +154,6 @@ void fill(Kokkos::View<T**, Kokkos::LayoutRight, memory> const& v) {
   });
 }
 
-}  // namespace
-
 /// Whether two views hold the same bits (copied to the host; the space is fenced first).
 bool same_bits(view2 const& a, view2 const& b) {
   Kokkos::fence();
@@ -163,6 +161,8 @@ bool same_bits(view2 const& a, view2 const& b) {
   auto const hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, b);
   return std::memcmp(ha.data(), hb.data(), a.size() * sizeof(T)) == 0;
 }
+
+}  // namespace
 
 /// y = x W^T (bf16, fp32 sums) through each of the algorithms cuBLASLt's heuristic proposes for
 /// the shape, not only its first: to see whether the first is the fastest at prefill's sizes.

@@ -207,6 +207,13 @@ TEST_CASE("cuBLASLt's timed choice of algorithm gives the bits of the heuristic'
   gpu::space space;
   cudaStream_t const stream = ssm::cuda::stream(space);
   std::size_t const tuned_before = ssm::cuda::cublaslt::tuned_plans;
+  struct restore {  // the default way of planning again, and no plan of this case kept, however it ends
+    ssm::cuda::cublaslt& lt;
+    ~restore() {
+      ssm::cuda::cublaslt::force_tuning = -1;
+      lt.forget_plans();
+    }
+  } const restored{lt};
   struct shape { int M, N, K; bool bias; };
   // in_proj of 64 sequences at the 2.8B shape, then smaller products of prefill-like and odd sizes
   for (shape const& s : {shape{64, 10240, 2560, false}, shape{48, 4096, 1024, true}, shape{2048, 1024, 512, false},
@@ -251,8 +258,6 @@ TEST_CASE("cuBLASLt's timed choice of algorithm gives the bits of the heuristic'
     product(1, timed);
     REQUIRE(same_bits(first, timed));
   }
-  ssm::cuda::cublaslt::force_tuning = -1;
-  lt.forget_plans();
   // The heuristic offers several algorithms that do not split K at these sizes (on the H200 at
   // least 4 for each of the first three shapes): some plan must have timed two or more.
   CHECK(ssm::cuda::cublaslt::tuned_plans > tuned_before);
