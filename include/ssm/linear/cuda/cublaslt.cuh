@@ -324,6 +324,42 @@ class cublaslt {
     std::int64_t extent() const { return (slices - 1) * slice_pitch + (rows - 1) * row_pitch + row_bytes; }
   };
 
+  /// Device memory from `cudaMallocAsync` on a stream, given back on that stream when it goes out
+  /// of scope, also when a CUDA call before then throws. `data` is null where none could be had.
+  struct stream_allocation {
+    cudaStream_t stream;
+    void* data = nullptr;
+    stream_allocation(cudaStream_t s, std::size_t bytes) : stream(s) {
+      if (cudaMallocAsync(&data, bytes, s) != cudaSuccess) {
+        (void)cudaGetLastError();
+        data = nullptr;
+      }
+    }
+    stream_allocation(stream_allocation const&) = delete;
+    stream_allocation& operator=(stream_allocation const&) = delete;
+    ~stream_allocation() {
+      if (data) (void)cudaFreeAsync(data, stream);
+    }
+  };
+
+  /// Two events that bracket timed products, destroyed when they go out of scope.
+  struct event_pair {
+    cudaEvent_t start{}, stop{};
+    explicit event_pair(char const* fn) {
+      ssm::cuda::check(cudaEventCreate(&start), fn);
+      if (cudaError_t const e = cudaEventCreate(&stop); e != cudaSuccess) {
+        cudaEventDestroy(start);
+        ssm::cuda::check(e, fn);
+      }
+    }
+    event_pair(event_pair const&) = delete;
+    event_pair& operator=(event_pair const&) = delete;
+    ~event_pair() {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+  };
+
   /// Whether to time the heuristic's candidates (see the file comment and `force_tuning`).
   static bool tuning() {
     static bool const from_environment = [] {
@@ -355,60 +391,46 @@ class cublaslt {
     if (!tuning() || candidates.count < 2 || capture != cudaStreamCaptureStatusNone || splits(first) > 1) return first;
     algorithms same;  // the candidates that give the first's bits
     same.add(first);
-    void* scratch = nullptr;
-    if (cudaMallocAsync(&scratch, static_cast<std::size_t>(out.extent()), stream) != cudaSuccess) {
-      (void)cudaGetLastError();  // no room to compare: keep the first
-      return first;
-    }
-    unsigned* differs = nullptr;
-    if (cudaMallocAsync(reinterpret_cast<void**>(&differs), sizeof(unsigned), stream) != cudaSuccess) {
-      (void)cudaGetLastError();
-      ssm::cuda::check(cudaFreeAsync(scratch, stream), fn);
-      return first;
-    }
+    stream_allocation const scratch(stream, static_cast<std::size_t>(out.extent()));
+    stream_allocation const differs(stream, sizeof(unsigned));
+    if (!scratch.data || !differs.data) return first;  // no room to compare: keep the first
     product(first, out.data);
     for (int i = 1; i < candidates.count; ++i) {
       if (splits(candidates.at[i]) > 1) continue;
       unsigned flag = 0;
-      ssm::cuda::check(cudaMemsetAsync(differs, 0, sizeof flag, stream), fn);
-      product(candidates.at[i], scratch);
+      ssm::cuda::check(cudaMemsetAsync(differs.data, 0, sizeof flag, stream), fn);
+      product(candidates.at[i], scratch.data);
       auto const* const a = static_cast<unsigned char const*>(out.data);
-      auto const* const b = static_cast<unsigned char const*>(scratch);
+      auto const* const b = static_cast<unsigned char const*>(scratch.data);
       kernels::bytes_differ<unsigned char><<<256, 256, 0, stream>>>(a, b, out.slices, out.rows, out.row_bytes,
-                                                                     out.row_pitch, out.slice_pitch, differs);
+                                                                     out.row_pitch, out.slice_pitch,
+                                                                     static_cast<unsigned*>(differs.data));
       ssm::cuda::check_launch(fn);
-      ssm::cuda::check(cudaMemcpyAsync(&flag, differs, sizeof flag, cudaMemcpyDeviceToHost, stream), fn);
+      ssm::cuda::check(cudaMemcpyAsync(&flag, differs.data, sizeof flag, cudaMemcpyDeviceToHost, stream), fn);
       ssm::cuda::check(cudaStreamSynchronize(stream), fn);
       if (flag == 0) same.add(candidates.at[i]);
     }
     float ms[most_candidates] = {};
     if (same.count > 1) {
-      cudaEvent_t start, stop;
-      ssm::cuda::check(cudaEventCreate(&start), fn);
-      ssm::cuda::check(cudaEventCreate(&stop), fn);
+      event_pair const events(fn);
       for (int round = 0; round < 2; ++round)
         for (int i = 0; i < same.count; ++i) {
-          product(same.at[i], scratch);
-          ssm::cuda::check(cudaEventRecord(start, stream), fn);
-          for (int r = 0; r < timed_products; ++r) product(same.at[i], scratch);
-          ssm::cuda::check(cudaEventRecord(stop, stream), fn);
-          ssm::cuda::check(cudaEventSynchronize(stop), fn);
+          product(same.at[i], scratch.data);
+          ssm::cuda::check(cudaEventRecord(events.start, stream), fn);
+          for (int r = 0; r < timed_products; ++r) product(same.at[i], scratch.data);
+          ssm::cuda::check(cudaEventRecord(events.stop, stream), fn);
+          ssm::cuda::check(cudaEventSynchronize(events.stop), fn);
           float elapsed = 0.0f;
-          ssm::cuda::check(cudaEventElapsedTime(&elapsed, start, stop), fn);
+          ssm::cuda::check(cudaEventElapsedTime(&elapsed, events.start, events.stop), fn);
           ms[i] += elapsed;
         }
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
     }
-    ssm::cuda::check(cudaFreeAsync(differs, stream), fn);
-    ssm::cuda::check(cudaFreeAsync(scratch, stream), fn);
     int best = 0;
     for (int i = 1; i < same.count; ++i)
       if (ms[i] < ms[best]) best = i;
     if (same.count > 1) ++tuned_plans;
     return same.at[best];
   }
-
 
   std::mutex mutex_;
   cublasLtHandle_t handle_{};
