@@ -19,8 +19,10 @@
 /// on the call's own operands, and keeps the fastest of those whose output matches the first's bit
 /// for bit: the results are the heuristic's, only sooner (`choose_algorithm`). That costs the
 /// first call of a shape a few dozen products; a shape first planned while its stream is captured
-/// into a graph keeps the first. It is off unless `SSM_CUBLASLT_TUNE=1`: its effect on a whole
-/// decoding step has not been measured yet.
+/// into a graph keeps the first. Another candidate must save 3% of the first's time to replace it
+/// (`least_gain`). In whole decoding steps and prefills on an H200 it helped from 64 rows and was
+/// a gamble below, so it is on from 64 rows (`tuned_from_rows`); `SSM_CUBLASLT_TUNE=1` turns it
+/// on for every shape, `SSM_CUBLASLT_TUNE=0` off.
 ///
 /// cuBLASLt needs activations and weights of one type and contiguous rows; few rows of
 /// mixed types go to the GEMV, and what neither takes to the portable Kokkos kernel. Many rows of
@@ -110,8 +112,8 @@ class cublaslt {
   }
 
   /// 1 to time the heuristic's candidates when planning (see the file comment), 0 to keep its
-  /// first; -1, the default, for `SSM_CUBLASLT_TUNE` (1 to time them), or the first where that is
-  /// not set. The tests set it.
+  /// first; -1, the default, for `SSM_CUBLASLT_TUNE` (1 to time them, 0 not to), or, where that
+  /// is not set, to time them for products of `tuned_from_rows` rows or more. The tests set it.
   static inline thread_local int force_tuning = -1;
   /// Plans made on this thread whose algorithm was the fastest of two or more timed candidates.
   static inline thread_local std::size_t tuned_plans = 0;
@@ -360,13 +362,24 @@ class cublaslt {
     }
   };
 
-  /// Whether to time the heuristic's candidates (see the file comment and `force_tuning`).
-  static bool tuning() {
-    static bool const from_environment = [] {
+  /// Rows (M) from which a plan times the heuristic's candidates unless told otherwise. On an H200
+  /// (2.8B, bf16) the timed choice took 0.03-0.07 ms off a decoding step of 64 sequences and
+  /// 0.5 ms off a prefill of 2048 tokens in every run, and at 16 and 32 sequences, where the
+  /// candidates alone are within 1-2% of each other, it lost up to 0.11 ms in some runs
+  /// (docs/benchmarks.md, "cuBLASLt's timed choice on the GPU").
+  static constexpr std::int64_t tuned_from_rows = 64;
+
+  /// Whether to time the heuristic's candidates for a product of `rows` rows (see the file comment
+  /// and `force_tuning`): `force_tuning` where it is set, else `SSM_CUBLASLT_TUNE` where it is 0
+  /// or 1, else from `tuned_from_rows` rows.
+  static bool tuning(std::int64_t rows) {
+    static int const from_environment = [] {
       char const* v = std::getenv("SSM_CUBLASLT_TUNE");
-      return v && std::string(v) == "1";
+      std::string const value = v ? v : "";
+      return value == "1" ? 1 : value == "0" ? 0 : -1;
     }();
-    return force_tuning >= 0 ? force_tuning != 0 : from_environment;
+    int const setting = force_tuning >= 0 ? force_tuning : from_environment;
+    return setting >= 0 ? setting != 0 : rows >= tuned_from_rows;
   }
 
   /// Products each candidate is timed over, after one untimed, in each of two rounds.
@@ -394,7 +407,7 @@ class cublaslt {
     };
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     ssm::cuda::check(cudaStreamIsCapturing(stream, &capture), fn);
-    if (!tuning() || candidates.count < 2 || capture != cudaStreamCaptureStatusNone || splits(first) > 1) return first;
+    if (!tuning(out.rows) || candidates.count < 2 || capture != cudaStreamCaptureStatusNone || splits(first) > 1) return first;
     algorithms same;  // the candidates that give the first's bits
     same.add(first);
     stream_allocation const scratch(stream, static_cast<std::size_t>(out.extent()));
