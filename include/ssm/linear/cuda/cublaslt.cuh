@@ -363,8 +363,8 @@ class cublaslt {
   };
 
   /// Rows (M) from which a plan times the heuristic's candidates unless told otherwise. On an H200
-  /// (2.8B, bf16) the timed choice took 0.03-0.07 ms off a decoding step of 64 sequences and
-  /// 0.5 ms off a prefill of 2048 tokens in every run, and at 16 and 32 sequences, where the
+  /// (2.8B, bf16) the timed choice took 0.03-0.08 ms off a decoding step of 64 sequences and
+  /// 0.1-0.6 ms off a prefill of 2048 tokens in every run, and at 16 and 32 sequences, where the
   /// candidates alone are within 1-2% of each other, it lost up to 0.11 ms in some runs
   /// (docs/benchmarks.md, "cuBLASLt's timed choice on the GPU").
   static constexpr std::int64_t tuned_from_rows = 64;
