@@ -115,7 +115,8 @@ class cublaslt {
   /// first; -1, the default, for `SSM_CUBLASLT_TUNE` (1 to time them, 0 not to), or, where that
   /// is not set, to time them for products of `tuned_from_rows` rows or more. The tests set it.
   static inline thread_local int force_tuning = -1;
-  /// Plans made on this thread whose algorithm was the fastest of two or more timed candidates.
+  /// Plans made on this thread that timed two or more candidates with the first's bits (and kept
+  /// the fastest where it saved `least_gain` of the first's time).
   static inline thread_local std::size_t tuned_plans = 0;
 
   /// \brief Forget every plan made so far, so that each shape is planned again at its next call
