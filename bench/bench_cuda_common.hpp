@@ -13,23 +13,15 @@ namespace ssm::bench {
 /// Milliseconds of one call of `run` on `space`'s stream: three warm-up calls, then the median of
 /// 50, each between two CUDA events.
 inline double median_ms(Kokkos::Cuda const& space, std::function<void()> const& run) {
-  char const* what = "benchmark: CUDA events";
-  cudaEvent_t start, stop;
-  cuda::check(cudaEventCreate(&start), what);
-  cuda::check(cudaEventCreate(&stop), what);
+  cuda::event_timer const timer("benchmark: CUDA events");
   for (int i = 0; i < 3; ++i) run();
   std::vector<float> ms;
   for (int i = 0; i < 50; ++i) {
-    cuda::check(cudaEventRecord(start, cuda::stream(space)), what);
+    timer.start(cuda::stream(space));
     run();
-    cuda::check(cudaEventRecord(stop, cuda::stream(space)), what);
-    cuda::check(cudaEventSynchronize(stop), what);
-    float elapsed = 0.0f;
-    cuda::check(cudaEventElapsedTime(&elapsed, start, stop), what);
-    ms.push_back(elapsed);
+    timer.stop(cuda::stream(space));
+    ms.push_back(timer.milliseconds());
   }
-  cuda::check(cudaEventDestroy(start), what);
-  cuda::check(cudaEventDestroy(stop), what);
   std::sort(ms.begin(), ms.end());
   return static_cast<double>(ms[ms.size() / 2]);
 }

@@ -63,17 +63,11 @@ void poison(DeviceView const& device) {
 template <class Enqueue>
 double milliseconds_per_call(space const& s, int calls, Enqueue&& enqueue) {
   for (int i = 0; i < 3; ++i) enqueue(s);
-  cudaEvent_t start, stop;
-  ssm::cuda::check(cudaEventCreate(&start), "cudaEventCreate");
-  ssm::cuda::check(cudaEventCreate(&stop), "cudaEventCreate");
-  ssm::cuda::check(cudaEventRecord(start, ssm::cuda::stream(s)), "cudaEventRecord");
+  ssm::cuda::event_timer const timer("milliseconds_per_call");
+  timer.start(ssm::cuda::stream(s));
   for (int i = 0; i < calls; ++i) enqueue(s);
-  ssm::cuda::check(cudaEventRecord(stop, ssm::cuda::stream(s)), "cudaEventRecord");
-  ssm::cuda::check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-  float total = 0.0f;
-  ssm::cuda::check(cudaEventElapsedTime(&total, start, stop), "cudaEventElapsedTime");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
+  timer.stop(ssm::cuda::stream(s));
+  float const total = timer.milliseconds();
   return static_cast<double>(total) / calls;
 }
 

@@ -108,6 +108,46 @@ inline bool aligned(void const* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
+/// \brief Two CUDA events that time what a stream runs between `start` and `stop`, destroyed with
+/// the timer, also when a CUDA call throws. For benchmarks, tests and timed choices (cuBLASLt's
+/// algorithms); not for the hot path.
+class event_timer {
+ public:
+  /// \brief Create the two events. \param what names the timer in errors.
+  /// \throws ssm::error if CUDA cannot create them.
+  explicit event_timer(char const* what) : what_(what) {
+    check(cudaEventCreate(&start_), what_);
+    if (cudaError_t const e = cudaEventCreate(&stop_); e != cudaSuccess) {
+      cudaEventDestroy(start_);
+      check(e, what_);
+    }
+  }
+  event_timer(event_timer const&) = delete;
+  event_timer& operator=(event_timer const&) = delete;
+  ~event_timer() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+
+  /// \brief Mark the start on `stream`. \param stream the stream.
+  void start(cudaStream_t stream) const { check(cudaEventRecord(start_, stream), what_); }
+  /// \brief Mark the end on `stream`. \param stream the stream.
+  void stop(cudaStream_t stream) const { check(cudaEventRecord(stop_, stream), what_); }
+  /// \brief Wait for the end mark; the milliseconds between the two marks.
+  /// \return the elapsed time.
+  float milliseconds() const {
+    check(cudaEventSynchronize(stop_), what_);
+    float elapsed = 0.0f;
+    check(cudaEventElapsedTime(&elapsed, start_, stop_), what_);
+    return elapsed;
+  }
+
+ private:
+  char const* what_;
+  cudaEvent_t start_{};
+  cudaEvent_t stop_{};
+};
+
 /// \brief A view as a kernel argument: its first element and its strides in elements, so that
 /// kernels index it as the view does without the view's reference counting.
 /// \tparam T element type (const for inputs). \tparam Rank the view's rank.

@@ -345,24 +345,6 @@ class cublaslt {
     }
   };
 
-  /// Two events that bracket timed products, destroyed when they go out of scope.
-  struct event_pair {
-    cudaEvent_t start{}, stop{};
-    explicit event_pair(char const* fn) {
-      ssm::cuda::check(cudaEventCreate(&start), fn);
-      if (cudaError_t const e = cudaEventCreate(&stop); e != cudaSuccess) {
-        cudaEventDestroy(start);
-        ssm::cuda::check(e, fn);
-      }
-    }
-    event_pair(event_pair const&) = delete;
-    event_pair& operator=(event_pair const&) = delete;
-    ~event_pair() {
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-    }
-  };
-
   /// Rows (M) from which a plan times the heuristic's candidates unless told otherwise. On an H200
   /// (2.8B, bf16) the timed choice took 0.03-0.08 ms off a decoding step of 64 sequences and
   /// 0.1-0.6 ms off a prefill of 2048 tokens in every run, and at 16 and 32 sequences, where the
@@ -432,17 +414,14 @@ class cublaslt {
     }
     float ms[most_candidates] = {};
     if (same.count > 1) {
-      event_pair const events(fn);
+      event_timer const timer(fn);
       for (int round = 0; round < 2; ++round)
         for (int i = 0; i < same.count; ++i) {
           product(same.at[i], scratch.data);
-          ssm::cuda::check(cudaEventRecord(events.start, stream), fn);
+          timer.start(stream);
           for (int r = 0; r < timed_products; ++r) product(same.at[i], scratch.data);
-          ssm::cuda::check(cudaEventRecord(events.stop, stream), fn);
-          ssm::cuda::check(cudaEventSynchronize(events.stop), fn);
-          float elapsed = 0.0f;
-          ssm::cuda::check(cudaEventElapsedTime(&elapsed, events.start, events.stop), fn);
-          ms[i] += elapsed;
+          timer.stop(stream);
+          ms[i] += timer.milliseconds();
         }
     }
     int best = 0;
