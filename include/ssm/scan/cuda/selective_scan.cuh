@@ -42,21 +42,24 @@
 /// N > 16 up to 16 warps per block at 128 registers, without the prefetch.
 ///
 /// When the (batch, tile) pairs alone cannot fill the GPU (B = 1 at D = 5120: 160 warps for 132
-/// SMs), the sequence is cut into S pieces, one per block of a thread-block cluster (Hopper; S up
-/// to 16), and:
-/// 1. every block but the last runs its piece from a zero state without outputs, giving per state
-///    the piece's end state \f$h^0_n\f$ and, from the sum of its step sizes, its decay
+/// SMs), the sequence is cut into a head and S pieces, and runs in a thread-block cluster of S
+/// blocks (Hopper; S up to 16):
+/// 1. block 0 runs the head from the initial state, with its outputs; meanwhile every other block
+///    q runs piece q (1 to S - 1) from a zero state without outputs, giving per state the piece's
+///    end state \f$h^0_n\f$ and, from the sum of its step sizes, its decay
 ///    \f$P_n = \prod_t a_{t,n} = 2^{A_n \log_2 e \sum_t \Delta_t}\f$ (one exponential per state
 ///    for the whole piece);
-/// 2. the cluster scans these pairs, \f$(P, h) \circ (P', h') = (P P', P' h + h')\f$, from the
-///    initial state through distributed shared memory, each block folding 1/S of each tile's
-///    (state, channel) pairs and writing every block's incoming state into that block;
-/// 3. every block runs its piece again from its true incoming state, with outputs; the last
-///    block's end state is the final state.
-/// The first pass (no C, no outputs) costs about 0.6 of the second in instructions, so S pieces
-/// cost \f$1 + 0.6 (S - 1) / S\f$ times the work of one, in exchange for S times the warps. In time
-/// it costs more where few warps share an SM: at B = 1, 2 pieces take 0.370 ms against 0.405 ms
-/// in one, about 0.8 of the second pass.
+/// 2. the cluster scans these pairs, \f$(P, h) \circ (P', h') = (P P', P' h + h')\f$, starting
+///    from block 0's (0, head's end state), through distributed shared memory, each block folding
+///    1/S of each tile's (state, channel) pairs and writing into block r the state entering piece
+///    r + 1;
+/// 3. block r runs piece r + 1 from its true incoming state, with outputs; the last block's end
+///    state is the final state.
+/// The first pass (no C, no outputs) costs about 0.6 of the second in instructions and about 0.7
+/// to 0.8 in time, so the head is 0.7 of a piece (`head_tenths`): while the other blocks make
+/// their first passes, block 0, which has no first pass to make, does useful work. A sequence of
+/// L tokens then takes about the time of a second pass over \f$1.7 L / (S + 0.7)\f$ tokens,
+/// against \f$1.7 L / S\f$ with S equal pieces, whose last block idles in the first phase.
 ///
 /// `selective_scan_backend<Kokkos::Cuda>` picks S from the sizes and the device
 /// (`choose_scan_config`), and falls back to the portable path where the groups of B and C would
@@ -174,6 +177,10 @@ inline constexpr int scan_narrow_blocks = 3;
 /// \brief The cost of the first pass over a piece relative to the second (no C, no outputs, no
 /// products of decays), for the launcher's model.
 inline constexpr double first_pass_cost = 0.6;
+/// \brief The head of a sequence cut into S pieces, in tenths of a piece: block 0 runs it with its
+/// outputs while the other blocks make their first passes, which take about 0.7 of a second pass
+/// in time (0.6 in instructions).
+inline constexpr int head_tenths = 7;
 
 /// \brief A strided tensor as the kernel sees it: a pointer and strides in elements.
 /// \tparam V element type (`const` for inputs).
@@ -721,9 +728,16 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
   float* const staged = shared + warp * K * scan_tile;
   float* const rest = shared + warps * K * scan_tile;
 
-  // This block's piece of the sequence: a whole number of steps
-  int const piece_tokens = ((a.length + pieces - 1) / pieces + K - 1) / K * K;
-  int const begin = min(piece * piece_tokens, a.length), end = min(begin + piece_tokens, a.length);
+  // With S > 1 pieces, the head of the sequence (about `head_tenths` / 10 of a piece) and then S
+  // pieces, each a whole number of steps (see the file comment).
+  int head = 0, piece_tokens = a.length;
+  if (pieces > 1) {
+    std::int64_t const parts = 10 * pieces + head_tenths;  // tenths of a piece
+    int const guess = static_cast<int>((std::int64_t{10} * a.length + parts - 1) / parts + K - 1) / K * K;
+    head = max(0, a.length - pieces * guess) / K * K;
+    piece_tokens = ((a.length - head + pieces - 1) / pieces + K - 1) / K * K;
+  }
+  auto piece_begin = [&](int q) { return min(head + (q - 1) * piece_tokens, a.length); };  // q = 1 .. S
   auto initial = [&](int d, int n) {
     bool const ok = d < a.channels && n < a.state && a.initial_state.data;
     return ok ? a.initial_state.data[at.b * a.initial_state.stride[0] + d * a.initial_state.stride[1] +
@@ -732,42 +746,51 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
   };
   float h[scan_slice];
   float dt_sum = 0.0f;
-  if (pieces == 1) {
 #pragma unroll
-    for (int n = 0; n < scan_slice; ++n) h[n] = at.active ? initial(at.d, at.n0 + n) : 0.0f;
-  } else {
-    // 1. The decay and end state of the piece from a zero state (the last piece needs neither).
+  for (int n = 0; n < scan_slice; ++n)
+    h[n] = at.active && (!Narrow || pieces == 1 || piece == 0) ? initial(at.d, at.n0 + n) : 0.0f;
+  int begin = 0, end = a.length;  // what the block walks with outputs, last
+  if (Narrow && pieces > 1) {  // (the kernel for N > 16 runs whole sequences only)
+    // 1. Block 0 runs the head from the initial state, with outputs, and gives its end state as
+    // the pair (0, h); block q > 0 runs piece q from a zero state without outputs, for its decay
+    // and end state (piece S needs neither).
     float* const tile_rest = rest + tile_in_block * 3 * scan_slice * scan_tile;
     float2* const out_pair = reinterpret_cast<float2*>(tile_rest);           // (16, 32) (P, h) of this piece
     float* const in_state = tile_rest + 2 * scan_slice * scan_tile;          // (16, 32) state entering it
+    if (piece == 0) {
+      walk<true, prefetch>(a, at, k, staged, rest, 0, head, h, dt_sum);
 #pragma unroll
-    for (int n = 0; n < scan_slice; ++n) h[n] = 0.0f;
-    if (piece < pieces - 1) walk<false, prefetch>(a, at, k, staged, rest, begin, end, h, dt_sum);
+      for (int n = 0; n < scan_slice; ++n) out_pair[n * scan_tile + lane] = make_float2(0.0f, h[n]);
+    } else {
+      int const first = piece_begin(piece);
+      walk<false, prefetch>(a, at, k, staged, rest, first, min(first + piece_tokens, a.length), h, dt_sum);
 #pragma unroll
-    for (int n = 0; n < scan_slice; ++n)
-      out_pair[n * scan_tile + lane] = make_float2(exp2_approx(k.A2[n] * dt_sum), h[n]);
+      for (int n = 0; n < scan_slice; ++n)
+        out_pair[n * scan_tile + lane] = make_float2(exp2_approx(k.A2[n] * dt_sum), h[n]);
+    }
     cluster_barrier();
-    // 2. The cluster's scan from the initial state: this block folds pairs p of its share, state
-    // p / 32 of channel d0 + p % 32, and hands every block the state entering its piece.
+    // 2. The cluster's scan of the pairs: this block folds pairs p of its share, state p / 32 of
+    // channel d0 + p % 32, and hands block r the state entering piece r + 1, which it runs next.
     int const share = scan_slice * scan_tile / pieces;
     for (int p = piece * share + lane; p < (piece + 1) * share; p += scan_tile) {
-      float2 pair[max_scan_pieces - 1];  // every piece's pair first: the remote loads overlap
+      float2 pair[max_scan_pieces];  // every block's pair first: the remote loads overlap
 #pragma unroll
-      for (int r = 0; r < max_scan_pieces - 1; ++r)
-        pair[r] = r < pieces - 1 ? in_block(out_pair, r)[p] : make_float2(1.0f, 0.0f);
-      float run = initial(d0 + p % scan_tile, p / scan_tile);
+      for (int r = 0; r < max_scan_pieces; ++r)
+        pair[r] = r < pieces ? in_block(out_pair, r)[p] : make_float2(1.0f, 0.0f);
+      float run = 0.0f;  // block 0's pair (0, h) replaces it
 #pragma unroll
       for (int r = 0; r < max_scan_pieces; ++r) {
         if (r >= pieces) break;
+        run = fmaf(pair[r].x, run, pair[r].y);
         in_block(in_state, r)[p] = run;
-        if (r < max_scan_pieces - 1) run = fmaf(pair[r].x, run, pair[r].y);
       }
     }
     cluster_barrier();
 #pragma unroll
     for (int n = 0; n < scan_slice; ++n) h[n] = in_state[n * scan_tile + lane];
+    begin = piece_begin(piece + 1), end = min(begin + piece_tokens, a.length);
   }
-  // 3. The piece from its true incoming state, with the outputs.
+  // 3. The block's piece from its true incoming state, with the outputs.
   walk<true, prefetch>(a, at, k, staged, rest, begin, end, h, dt_sum);
   if (piece == pieces - 1 && a.final_state.data && at.active) {
 #pragma unroll
@@ -890,7 +913,7 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
     double const sms_used = static_cast<double>(o.resident[i] / o.blocks_per_sm);  // SMs the clusters fill
     double const per_sm = std::ceil(blocks * pieces / sms_used) * tiles_per_block;  // warps
     double const cap = static_cast<double>(o.blocks_per_sm) * tiles_per_block;
-    double const work = std::ceil(length / pieces) * (1.0 + first_pass_cost * (pieces - 1) / pieces);
+    double const work = pieces == 1 ? length : std::ceil(length / (pieces + head_tenths / 10.0)) * (1.0 + first_pass_cost);
     double const full = std::floor(per_sm / cap), left = per_sm - full * cap;
     double const time = work * (full * std::max(1.0, cap / saturating_warps) +
                                 (left > 0 ? std::max(1.0, left / saturating_warps) : 0.0));
