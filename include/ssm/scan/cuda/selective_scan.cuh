@@ -77,6 +77,9 @@
 /// | 8  | 0.981 ms (1 piece)   | 0.808 ms (1 piece)   | 0.715 ms (1 piece)                        | 22 %        |
 /// | 64 | 5.76 ms (1 piece)    | 4.74 ms (1 piece)    | 4.45 ms (1 piece)                         | 28 %        |
 ///
+/// With the head run by block 0 during the first passes (later, in one run): B = 1 0.164-0.166 ms
+/// in 8 pieces (0.174-0.178 with equal pieces), B = 2 0.296 ms in 4 (0.338).
+///
 /// Still far from the DRAM bandwidth (B = 64 would take about 1.3 ms at 4.3 TB/s): the kernel is
 /// bound by instruction issue and the special-function unit, and at small B by latency. The
 /// compiled loop of the second pass spends about 151 instructions per token and warp: 88 for the
