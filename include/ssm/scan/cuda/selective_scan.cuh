@@ -887,11 +887,11 @@ scan_occupancy const& scan_occupancy_of(int device) {
 /// \brief The launcher's choice of the number of pieces a sequence is cut into.
 ///
 /// One piece wherever the sequences' tiles alone give every SM a block. Otherwise a model of the
-/// time of the busiest SM. Each SM runs `per_sm` warps (one per tile and piece), in
-/// waves of at most its resident warps; a wave of k warps takes the latency-bound time of one
-/// warp's work, times k / w once k passes the w warps that saturate an SM. One warp's work is its
-/// piece, the first pass counted at `first_pass_cost` of the second. S = 1 for N > 16 or short
-/// sequences.
+/// time of the busiest SM. Each SM runs `per_sm` warps (one per tile and piece), in waves of at
+/// most its resident warps; a wave of k warps takes the latency-bound time of one warp's work,
+/// times k / w once k passes the w warps that saturate an SM. One warp's work is a first pass
+/// (counted at `first_pass_cost` of the second) and a second pass over a piece of
+/// L / (S + `head_tenths` / 10) tokens, or L in one piece. S = 1 for N > 16 or short sequences.
 /// \tparam T storage type.
 /// \param space the execution space instance (its device).
 /// \param s the sizes.
