@@ -735,10 +735,13 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
   // pieces, each a whole number of steps (see the file comment).
   int head = 0, piece_tokens = a.length;
   if (pieces > 1) {
-    std::int64_t const parts = 10 * pieces + head_tenths;  // tenths of a piece
-    int const guess = static_cast<int>((std::int64_t{10} * a.length + parts - 1) / parts + K - 1) / K * K;
-    head = max(0, a.length - pieces * guess) / K * K;
-    piece_tokens = ((a.length - head + pieces - 1) / pieces + K - 1) / K * K;
+    auto const whole_steps = [](std::int64_t tokens) { return static_cast<int>((tokens + K - 1) / K * K); };
+    // L / (S + head_tenths / 10) in whole steps; the head takes what S such pieces leave, rounded
+    // down to whole steps, and the pieces then share the rest
+    std::int64_t const tenths = 10 * pieces + head_tenths;
+    int const estimate = whole_steps((std::int64_t{10} * a.length + tenths - 1) / tenths);
+    head = max(0, a.length - pieces * estimate) / K * K;
+    piece_tokens = whole_steps((a.length - head + pieces - 1) / pieces);
   }
   auto piece_begin = [&](int q) { return min(head + (q - 1) * piece_tokens, a.length); };  // q = 1 .. S
   auto initial = [&](int d, int n) {
@@ -916,7 +919,8 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
     double const sms_used = static_cast<double>(o.resident[i] / o.blocks_per_sm);  // SMs the clusters fill
     double const per_sm = std::ceil(blocks * pieces / sms_used) * tiles_per_block;  // warps
     double const cap = static_cast<double>(o.blocks_per_sm) * tiles_per_block;
-    double const work = pieces == 1 ? length : std::ceil(length / (pieces + head_tenths / 10.0)) * (1.0 + first_pass_cost);
+    double const piece = std::ceil(length / (pieces + head_tenths / 10.0));  // tokens, after the head
+    double const work = pieces == 1 ? length : piece * (1.0 + first_pass_cost);
     double const full = std::floor(per_sm / cap), left = per_sm - full * cap;
     double const time = work * (full * std::max(1.0, cap / saturating_warps) +
                                 (left > 0 ? std::max(1.0, left / saturating_warps) : 0.0));
