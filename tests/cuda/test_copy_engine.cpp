@@ -78,8 +78,10 @@ __global__ void copy_protocol(float const* data, float* sums) {
 
 template <bool Shared>
 void check_protocol() {
-  if (compute_major() < 9) {
-    WARN("the copy engine's bulk copies need compute capability 9.0 (Hopper) or later: not tested");
+  auto const kernel = copy_protocol<Shared>;
+  if (!runs_hopper_code(kernel)) {
+    WARN("the copy engine's bulk copies need a build for, and a GPU of, compute capability 9.0 (Hopper) or later: "
+         "not tested");
     return;
   }
   ssm::test::host1<float> h_data("data", rounds * floats_per_round);
@@ -87,7 +89,6 @@ void check_protocol() {
   auto const d_data = ssm::test::gpu::to_device(h_data);
   ssm::test::gpu::dev1<float> d_sums("sums", rounds * consumers);
   std::size_t const bytes = 128 + 2 * floats_per_round * sizeof(float);
-  auto const kernel = copy_protocol<Shared>;
   ssm::cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
                    "copy_protocol");
   kernel<<<1, 32 * (1 + consumers), bytes>>>(d_data.data(), d_sums.data());

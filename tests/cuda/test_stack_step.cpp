@@ -122,14 +122,16 @@ void compare(model_config const& c, int steps, int B = 1) {
     }
   }
   // the step went through the one-launch kernel, not the blocks' own steps, wherever its ring of
-  // weight slots fits in shared memory (not for fp32 weights of the 2.8B model's width)
+  // weight slots fits in shared memory (not for fp32 weights of the 2.8B model's width) and the
+  // build and the GPU have Hopper's copy engine
   int device = 0, available = 0;
   ssm::cuda::check(cudaGetDevice(&device), "cudaGetDevice");
   ssm::cuda::check(cudaDeviceGetAttribute(&available, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "shared memory");
   bool const fits =
       ssm::cuda::stack_layout_for<T, Wt>(c.mixer(), ssm::cuda::multiprocessors(), static_cast<std::size_t>(available)).slots > 0;
   CHECK(fits == !(std::is_same_v<Wt, float> && c.d_model == 2560));
-  bool const taken = backend::enabled && B == 1 && fits;
+  bool const hopper = ssm::cuda::runs_hopper_code(ssm::cuda::kernels::mamba_stack_step<T, Wt>);
+  bool const taken = backend::enabled && B == 1 && fits && hopper;
   REQUIRE(backend::runs == runs_before + (taken ? static_cast<std::size_t>(steps) : 0u));
 }
 

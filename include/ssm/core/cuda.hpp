@@ -78,6 +78,20 @@ inline int compute_major() {
   return major;
 }
 
+/// \brief Whether `kernel` runs Hopper's code on the current device: the device is a Hopper or
+/// later (compute capability 9.0 on) and the kernel was compiled for one (its PTX from 9.0 on),
+/// so that what it guards with `__CUDA_ARCH__ >= 900` (clusters, the copy engine, the waits of
+/// programmatic launches) was not compiled out. A build for an earlier GPU also runs on a Hopper,
+/// from its PTX, without them.
+/// \param kernel the `__global__` function. \return true if its Hopper code runs.
+template <class... Params>
+bool runs_hopper_code(void (*kernel)(Params...)) {
+  if (compute_major() < 9) return false;
+  cudaFuncAttributes attributes{};
+  check(cudaFuncGetAttributes(&attributes, kernel), "ssm::cuda::runs_hopper_code");
+  return attributes.ptxVersion >= 90;
+}
+
 /// \brief The most shared memory one block of the current device may ask for (read once per
 /// device), the opt-in limit above the default 48 KiB: a kernel must be allowed it (`allow_shared`).
 /// \return bytes.
@@ -229,7 +243,9 @@ inline cudaLaunchAttribute programmatic_dependent() {
 /// \brief Launch `kernel` on `stream` as a programmatic dependent of the kernel before it: its
 /// blocks may start while that kernel finishes, up to their `wait_for_previous_kernel`. In a chain
 /// of small kernels (a decoding step) this hides each launch behind the previous kernel's tail.
-/// The kernel must call `wait_for_previous_kernel` before touching its predecessor's data.
+/// The kernel must call `wait_for_previous_kernel` before touching its predecessor's data. Before
+/// Hopper, an ordinary launch. (A kernel whose wait was compiled out, built for an earlier GPU,
+/// also never lets its dependents start early: `allow_next_kernel` is compiled out with it.)
 /// \param kernel the `__global__` function. \param grid,block the launch shape.
 /// \param shared dynamic shared memory in bytes. \param stream the stream.
 /// \param what names the launch in errors. \param args the kernel's arguments.
@@ -244,7 +260,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared
   config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.numAttrs = compute_major() >= 9 ? 1 : 0;
   check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), what);
 }
 

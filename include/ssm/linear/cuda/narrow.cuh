@@ -33,13 +33,13 @@
 /// products of a 32-wide slice take its words 0-1 and 2-3. That visits K in another order than
 /// the fragment layout's, the same for x and W, so the products are unchanged.
 
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/cluster.cuh>
 #include <ssm/core/cuda/mma.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/linear/cuda/gemv.cuh>
@@ -72,11 +72,9 @@ template <int MT, int Depth, class T>
 __global__ void __launch_bounds__(narrow_threads)
     narrow_gemm(T const* x, std::int64_t ldx, T const* __restrict__ w, std::int64_t ldw,
                 T const* __restrict__ bias, T* __restrict__ y, std::int64_t ldy, int M, int N, int K) {
-  namespace cg = cooperative_groups;
   constexpr int NT = narrow_tile_outputs / 8, warps = narrow_threads / 32;
   constexpr int rows = 16 * MT, tile = rows * narrow_tile_outputs;
-  cg::cluster_group const cluster = cg::this_cluster();
-  int const S = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  int const S = cluster_blocks(), rank = cluster_rank();
   int const warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   int const g = lane / 4, t = lane % 4;  // the fragments' group and thread in group
   int const m0 = static_cast<int>(blockIdx.z) * rows, n0 = static_cast<int>(blockIdx.y) * narrow_tile_outputs;
@@ -160,17 +158,17 @@ __global__ void __launch_bounds__(narrow_threads)
     for (int v = 0; v < warps; ++v) sum += partial[v][e / narrow_tile_outputs][e % narrow_tile_outputs];
     block_sum[e] = sum;
   }
-  cluster.sync();
+  cluster_barrier();
   for (int e = rank * narrow_threads + static_cast<int>(threadIdx.x); e < tile; e += S * narrow_threads) {
     float sum = 0.0f;
-    for (int r = 0; r < S; ++r) sum += cluster.map_shared_rank(block_sum, r)[e];
+    for (int r = 0; r < S; ++r) sum += in_block(block_sum, r)[e];
     int const m = m0 + e / narrow_tile_outputs, n = n0 + e % narrow_tile_outputs;
     if (m < M && n < N) {
       if (bias) sum += to_float(bias[n]);
       y[m * ldy + n] = from_float<T>(sum);
     }
   }
-  cluster.sync();  // no block leaves while another reads its sums
+  cluster_barrier();  // no block leaves while another reads its sums
 }
 
 }  // namespace kernels
@@ -210,7 +208,8 @@ inline int narrow_cluster_for(int tiles, int K, int resident) {
 namespace detail {
 
 /// \brief Enqueue the kernel with tiles of 16 MT rows, `Depth` slices in flight per warp, and K
-/// split over `cluster` blocks (beyond 8 Hopper's non-portable cluster sizes, up to 16).
+/// split over `cluster` blocks (beyond 8 Hopper's non-portable cluster sizes, up to 16; 1, a
+/// launch without clusters, is the only size before Hopper).
 template <int MT, int Depth, class T>
 void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T const* x, std::int64_t ldx, T const* w,
                       std::int64_t ldw, T const* bias, T* y, std::int64_t ldy) {
@@ -239,8 +238,9 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
                         blocks_for(static_cast<std::size_t>(M), 16 * MT));
   config.blockDim = dim3(kernels::narrow_threads);
   config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = 2;
+  bool const programmatic = compute_major() >= 9;  // as `launch` does
+  config.attrs = cluster > 1 ? attributes : attributes + 1;
+  config.numAttrs = (cluster > 1 ? 1 : 0) + (programmatic ? 1 : 0);
   check(cudaLaunchKernelEx(&config, kernel, x, ldx, w, ldw, bias, y, ldy, M, N, K),
         "ssm::linear (CUDA narrow_gemm)");
 }
@@ -248,7 +248,8 @@ void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T c
 }  // namespace detail
 
 /// \brief Enqueue y = x W^T + b on `stream` (see the file comment); `narrow_applies` must hold.
-/// Tiles of 16 rows, 4 slices in flight per warp.
+/// Tiles of 16 rows, 4 slices in flight per warp; K split over a cluster where the GPU has them,
+/// over the warps of one block otherwise.
 /// \param stream the stream. \param M,N,K sizes. \param x (M, K) rows `ldx` apart.
 /// \param w (N, K) rows `ldw` apart. \param bias (N) or null. \param y (M, N) rows `ldy` apart.
 /// \param ldx,ldw,ldy row pitches in elements.
@@ -257,17 +258,21 @@ template <class T>
 void narrow_gemm(cudaStream_t stream, int M, int N, int K, T const* x, std::int64_t ldx, T const* w, std::int64_t ldw,
                  T const* bias, T* y, std::int64_t ldy) {
   constexpr int MT = 1, Depth = 4;
-  static int const resident = [] {
+  struct device_plan {
+    int resident;   // blocks of the kernel resident at once
+    bool clusters;  // the device and the compiled kernel have clusters
+  };
+  static device_plan const plan = [] {
+    auto const kernel = kernels::narrow_gemm<MT, Depth, T>;
     int per_multiprocessor = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernels::narrow_gemm<MT, Depth, T>,
-                                                        kernels::narrow_threads, 0),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kernels::narrow_threads, 0),
           "ssm::linear (CUDA narrow_gemm): occupancy");
-    return per_multiprocessor * multiprocessors();
+    return device_plan{per_multiprocessor * multiprocessors(), runs_hopper_code(kernel)};
   }();
   int const tiles = static_cast<int>(blocks_for(static_cast<std::size_t>(N), kernels::narrow_tile_outputs) *
                                      blocks_for(static_cast<std::size_t>(M), 16 * static_cast<std::size_t>(MT)));
-  detail::narrow_gemm_with<MT, Depth>(stream, narrow_cluster_for(tiles, K, resident), M, N, K, x, ldx, w, ldw, bias,
-                                      y, ldy);
+  int const cluster = plan.clusters ? narrow_cluster_for(tiles, K, plan.resident) : 1;
+  detail::narrow_gemm_with<MT, Depth>(stream, cluster, M, N, K, x, ldx, w, ldw, bias, y, ldy);
 }
 
 }  // namespace ssm::cuda

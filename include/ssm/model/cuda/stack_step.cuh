@@ -705,9 +705,9 @@ struct mamba_stack_step_backend<Kokkos::Cuda> {
     int const blocks = cuda::multiprocessors();
     auto const s = cuda::stack_layout_for<T, Wt>(c, blocks, static_cast<std::size_t>(available));
     p = {device, blocks, c, s};
-    if (cuda::compute_major() < 9) p.s.slots = 0;  // Hopper's copy engine and barriers
-    if (p.s.slots == 0) return p;
     auto const kernel = cuda::kernels::mamba_stack_step<T, Wt>;
+    if (!cuda::runs_hopper_code(kernel)) p.s.slots = 0;  // Hopper's copy engine and barriers
+    if (p.s.slots == 0) return p;
     cuda::check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, s.bytes),
                 "ssm::mamba_lm::step (CUDA): shared memory of mamba_stack_step");
     int resident = 0;

@@ -137,7 +137,6 @@
 /// token, well inside the per-step budget). Results agree with the reference to a
 /// few units of \f$2^{-22}\f$ relative per step, before rounding to the storage type.
 
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -152,6 +151,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <ssm/core/cuda.hpp>
+#include <ssm/core/cuda/cluster.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
@@ -627,49 +627,6 @@ __device__ __forceinline__ void walk(scan_args<T> const& a, thread_place const& 
   }
 }
 
-/// \brief Number of blocks in the calling block's cluster (1 without clusters).
-/// \return the cluster size.
-__device__ __forceinline__ int cluster_blocks() {
-#if __CUDA_ARCH__ >= 900
-  return static_cast<int>(cooperative_groups::this_cluster().num_blocks());
-#else
-  return 1;
-#endif
-}
-
-/// \brief Rank of the calling block in its cluster (0 without clusters).
-/// \return the rank.
-__device__ __forceinline__ int cluster_rank() {
-#if __CUDA_ARCH__ >= 900
-  return static_cast<int>(cooperative_groups::this_cluster().block_rank());
-#else
-  return 0;
-#endif
-}
-
-/// \brief Barrier of every thread of the cluster, ordering its shared and distributed shared memory.
-__device__ __forceinline__ void cluster_barrier() {
-#if __CUDA_ARCH__ >= 900
-  cooperative_groups::this_cluster().sync();
-#endif
-}
-
-/// \brief The same shared variable in block `rank` of the cluster (`mapa`), as a generic pointer.
-/// \tparam V the variable's type.
-/// \param local the variable in the calling block's shared memory. \param rank a block of the cluster.
-/// \return its address in block `rank`.
-template <class V>
-__device__ __forceinline__ V* in_block(V* local, int rank) {
-#if __CUDA_ARCH__ >= 900
-  V* remote;
-  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(remote) : "l"(local), "r"(rank));
-  return remote;
-#else
-  (void)rank;
-  return local;
-#endif
-}
-
 /// \brief Dynamic shared memory of the kernel, in 4-byte words: the warps' staging areas, then
 /// either the partial outputs of several slices or, per tile, the cluster's scan of a cut sequence.
 /// \param slices warps per tile, ceil(N / 16). \param pieces blocks per cluster.
@@ -855,11 +812,7 @@ scan_occupancy const& scan_occupancy_of(int device) {
                                                       scan_shared_bytes(1, 1, tiles)),
         what);
   o.resident[0] = o.sms * o.blocks_per_sm;
-  int major = 0;
-  cudaFuncAttributes attributes{};
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), what);
-  check(cudaFuncGetAttributes(&attributes, kernel), what);
-  if (major >= 9 && attributes.binaryVersion >= 90) {  // clusters: the device and the compiled code
+  if (runs_hopper_code(kernel)) {
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
       (void)cudaGetLastError();  // then 16 is refused below
     for (int i = 1; i < 5; ++i) {
