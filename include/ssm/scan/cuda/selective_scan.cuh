@@ -842,12 +842,13 @@ scan_occupancy const& scan_occupancy_of(int device) {
 
 /// \brief The launcher's choice of the number of pieces a sequence is cut into.
 ///
-/// One piece wherever the sequences' tiles alone give every SM a block. Otherwise a model of the
-/// time of the busiest SM. Each SM runs `per_sm` warps (one per tile and piece), in waves of at
-/// most its resident warps; a wave of k warps takes the latency-bound time of one warp's work,
-/// times k / w once k passes the w warps that saturate an SM. One warp's work is a first pass
-/// (counted at `first_pass_cost` of the second) and a second pass over a piece of
-/// L / (S + `head_tenths` / 10) tokens, or L in one piece. S = 1 for N > 16 or short sequences.
+/// One piece wherever cutting sequences in 2 would need more blocks than are resident at once (or
+/// clusters are not available). Otherwise a model of the time of the busiest SM. Each SM runs
+/// `per_sm` warps (one per tile and piece), in waves of at most its resident warps; a wave of k
+/// warps takes the latency-bound time of one warp's work, times k / w once k passes the w warps
+/// that saturate an SM. One warp's work is a first pass (counted at `first_pass_cost` of the
+/// second) and a second pass over a piece of L / (S + `head_tenths` / 10) tokens, or L in one
+/// piece. S = 1 for N > 16 or short sequences.
 /// \tparam T storage type.
 /// \param space the execution space instance (its device).
 /// \param s the sizes.
@@ -862,9 +863,11 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
                                 tiles_per_block);
   auto const length = static_cast<double>(s.length);
   scan_config best{};
-  // Blocks enough for every SM at one piece: pieces only add work. (The model below preferred 2
-  // pieces at B = 4, D = 5120, which took 0.654 ms on an H200 against 0.513 in one.)
-  if (blocks >= static_cast<double>(o.sms)) return best;
+  // One piece where even 2 pieces would need a second wave of blocks. (On an H200 at D = 5120,
+  // with the head: B = 4, 320 blocks in 2 pieces for 396 resident, 0.498-0.503 ms against
+  // 0.518-0.520 in one; B = 8, 640 blocks, 0.911 against 0.712. Before the head, cutting wherever
+  // the tiles alone gave every SM a block lost: B = 4 took 0.654 ms in 2 pieces.)
+  if (2.0 * blocks > static_cast<double>(o.resident[1])) return best;
   double best_time = -1.0;
   for (int i = 0; i < 5; ++i) {
     int const pieces = 1 << i;
