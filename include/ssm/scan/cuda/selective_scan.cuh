@@ -863,10 +863,10 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
                                 tiles_per_block);
   auto const length = static_cast<double>(s.length);
   scan_config best{};
-  // One piece where even 2 pieces would need a second wave of blocks. (On an H200 at D = 5120,
-  // with the head: B = 4, 320 blocks in 2 pieces for 396 resident, 0.498-0.503 ms against
-  // 0.518-0.520 in one; B = 8, 640 blocks, 0.911 against 0.712. Before the head, cutting wherever
-  // the tiles alone gave every SM a block lost: B = 4 took 0.654 ms in 2 pieces.)
+  // One piece where even 2 pieces would need a second wave of blocks. (On an H200 at D = 5120:
+  // B = 4, 320 blocks in 2 pieces for 396 resident, 0.498-0.503 ms against 0.518-0.520 in one;
+  // B = 8, 640 blocks, 0.911 against 0.712. Before the head of a cut sequence ran during the
+  // first passes, 2 pieces at B = 4 took 0.654 ms.)
   if (2.0 * blocks > static_cast<double>(o.resident[1])) return best;
   double best_time = -1.0;
   for (int i = 0; i < 5; ++i) {
