@@ -14,8 +14,10 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -65,17 +67,65 @@ void for_each_constant(F&& f) {
   (f(std::integral_constant<int, Values>{}), ...);
 }
 
+/// \brief The number of the current device (`cudaGetDevice`).
+/// \return the device.
+inline int current_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "ssm::cuda::current_device: cudaGetDevice");
+  return device;
+}
+
+/// \brief A value of each device, found the first time it is asked for on that device and kept for
+/// the process: the device's properties, and the launch plans that follow from them. Safe to ask
+/// from several host threads. Devices past the 64th share the slots of the first 64.
+/// \tparam V the value's type.
+template <class V>
+class per_device {
+ public:
+  /// \brief The current device's value, `find(device)` the first time.
+  /// \param find a callable taking the device number and returning a V.
+  /// \return the value.
+  template <class Find>
+  V const& get(Find&& find) {
+    int const device = current_device();
+    slot& s = slots_[device % 64];
+    if (!s.known.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> const lock(mutex_);
+      if (!s.known.load(std::memory_order_relaxed)) {
+        s.value = find(device);
+        s.known.store(true, std::memory_order_release);
+      }
+    }
+    return s.value;
+  }
+
+ private:
+  struct slot {
+    V value{};
+    std::atomic<bool> known{false};
+  };
+  slot slots_[64];
+  std::mutex mutex_;
+};
+
+/// \brief An attribute of the current device (read once per device).
+/// \tparam Attribute the attribute. \param what names the caller in errors.
+/// \return its value.
+template <cudaDeviceAttr Attribute>
+int device_attribute(char const* what) {
+  static per_device<int> values;
+  return values.get([&](int device) {
+    int value = 0;
+    check(cudaDeviceGetAttribute(&value, Attribute, device), what);
+    return value;
+  });
+}
+
 /// \brief The major compute capability of the current device (read once per device): 9 for
 /// Hopper, whose copy engine (`cp.async.bulk`) and clusters some kernels take.
 /// \return the major version.
 inline int compute_major() {
-  static int majors[64] = {};
-  int device = 0;
-  check(cudaGetDevice(&device), "ssm::cuda::compute_major: cudaGetDevice");
-  int& major = majors[device % 64];
-  if (major == 0)
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "ssm::cuda::compute_major");
-  return major;
+  return device_attribute<cudaDevAttrComputeCapabilityMajor>("ssm::cuda::compute_major");
 }
 
 /// \brief Whether `kernel` runs Hopper's code on the current device: the device is a Hopper or
@@ -96,14 +146,8 @@ bool runs_hopper_code(void (*kernel)(Params...)) {
 /// device), the opt-in limit above the default 48 KiB: a kernel must be allowed it (`allow_shared`).
 /// \return bytes.
 inline std::size_t max_shared_per_block() {
-  static int limits[64] = {};
-  int device = 0;
-  check(cudaGetDevice(&device), "ssm::cuda::max_shared_per_block: cudaGetDevice");
-  int& limit = limits[device % 64];
-  if (limit == 0)
-    check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-          "ssm::cuda::max_shared_per_block");
-  return static_cast<std::size_t>(limit);
+  return static_cast<std::size_t>(
+      device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>("ssm::cuda::max_shared_per_block"));
 }
 
 /// \brief Let `kernel` take `bytes` of dynamic shared memory, past the default 48 KiB if need be.

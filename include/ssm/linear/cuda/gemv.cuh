@@ -202,14 +202,7 @@ bool gemv_applies(std::size_t M, std::size_t K, T const* x, std::int64_t ldx, Wt
 
 /// \brief Multiprocessors of the current device (read once per device).
 /// \return the count.
-inline int multiprocessors() {
-  static int counts[64] = {};
-  int device = 0;
-  check(cudaGetDevice(&device), "ssm::cuda::multiprocessors: cudaGetDevice");
-  int& count = counts[device % 64];
-  if (count == 0) check(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device), "ssm::cuda::multiprocessors");
-  return count;
-}
+inline int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>("ssm::cuda::multiprocessors"); }
 
 /// \brief How the matrix-vector kernel covers N outputs: warps per output and loads per batch.
 struct gemv_shape {

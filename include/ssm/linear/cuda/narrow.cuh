@@ -214,13 +214,13 @@ template <int MT, int Depth, class T>
 void narrow_gemm_with(cudaStream_t stream, int cluster, int M, int N, int K, T const* x, std::int64_t ldx, T const* w,
                       std::int64_t ldw, T const* bias, T* y, std::int64_t ldy) {
   auto const kernel = kernels::narrow_gemm<MT, Depth, T>;
-  if (cluster > 8) {
-    static bool const non_portable = [&] {
+  if (cluster > 8) {  // an attribute of the kernel on each device
+    static per_device<bool> non_portable;
+    non_portable.get([&](int) {
       check(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
             "ssm::linear (CUDA narrow_gemm): clusters beyond 8 blocks");
       return true;
-    }();
-    (void)non_portable;
+    });
   }
   // A programmatic dependent (as `launch` makes one) in clusters. x, which the kernel before
   // wrote, is read with `load_after_wait`: read with `__ldg`, its loads could be issued before
@@ -259,16 +259,17 @@ void narrow_gemm(cudaStream_t stream, int M, int N, int K, T const* x, std::int6
                  T const* bias, T* y, std::int64_t ldy) {
   constexpr int MT = 1, Depth = 4;
   struct device_plan {
-    int resident;   // blocks of the kernel resident at once
-    bool clusters;  // the device and the compiled kernel have clusters
+    int resident = 0;       // blocks of the kernel resident at once
+    bool clusters = false;  // the device and the compiled kernel have clusters
   };
-  static device_plan const plan = [] {
+  static per_device<device_plan> plans;
+  device_plan const& plan = plans.get([](int) {
     auto const kernel = kernels::narrow_gemm<MT, Depth, T>;
     int per_multiprocessor = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, kernel, kernels::narrow_threads, 0),
           "ssm::linear (CUDA narrow_gemm): occupancy");
     return device_plan{per_multiprocessor * multiprocessors(), runs_hopper_code(kernel)};
-  }();
+  });
   int const tiles = static_cast<int>(blocks_for(static_cast<std::size_t>(N), kernels::narrow_tile_outputs) *
                                      blocks_for(static_cast<std::size_t>(M), 16 * static_cast<std::size_t>(MT)));
   int const cluster = plan.clusters ? narrow_cluster_for(tiles, K, plan.resident) : 1;
