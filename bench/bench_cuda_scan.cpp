@@ -7,10 +7,12 @@
 // Bytes: u, delta, z, out (B*D*L each) and B, C (B*N*L each), once each, in storage type; the
 // fraction is of the H200's 4.3 TB/s. Paths: the CUDA backend as it chooses; the kernel with 1, 2
 // or 4 tiles of 32 channels per block and each sequence cut into each number of pieces it could
-// choose (at B = 8 and 64 only 1 and 2: more pieces only add work there); and, for B <= 8, the
-// portable Kokkos path on the same GPU. Inputs are filled on the GPU with a hash of the index
+// choose (at B = 8 and 64 only 1 and 2: more pieces only add work there); for B <= 4, the pieces'
+// blocks meeting through memory instead of in a cluster, as on GPUs before Hopper, wherever the
+// grid is resident at once; and, for B <= 8, the portable Kokkos path on the same GPU. Inputs are filled on the GPU with a hash of the index
 // (uniform in each tensor's range), so that B = 64 (5 GB) starts quickly.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -52,7 +54,7 @@ void fill(View const& v, std::uint64_t seed, float lo, float hi) {
 
 std::string describe(kernel::scan_config const& c) {
   return std::to_string(c.pieces) + (c.pieces == 1 ? " piece" : " pieces") + ", " + std::to_string(c.tiles_per_block) +
-         " tiles/block";
+         " tiles/block" + (c.through_memory && c.pieces > 1 ? ", through memory" : "");
 }
 
 void run(int B, int D, int L, int N) {
@@ -97,6 +99,13 @@ void run(int B, int D, int L, int N) {
       kernel::scan_config const c{piece_count, tiles};
       report("kernel, " + describe(c), [&] { kernel::selective_scan_kernel(s, p, shape, c); });
     }
+  // the pieces' blocks meeting through memory, as on GPUs without clusters, where the grid fits
+  for (int piece_count : {2, 4, 8, 16}) {
+    kernel::scan_config const c{piece_count, kernel::scan_tiles_per_block, true};
+    double const blocks = std::ceil(B * (D / 32.0) / kernel::scan_tiles_per_block) * piece_count;
+    if (B <= 4 && blocks <= occupancy.resident[0])
+      report("kernel, " + describe(c), [&] { kernel::selective_scan_kernel(s, p, shape, c); });
+  }
   if (B <= 8) report("portable Kokkos path", [&] { ssm::detail::selective_scan_portable(s, p, shape); });
   if (B == 1)
     std::printf("kernel: %d blocks of %d warps per SM; blocks resident at once in clusters of 1, 2, 4, 8, 16: %d, %d, "

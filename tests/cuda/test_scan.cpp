@@ -37,7 +37,7 @@ tolerance gpu_tolerance(std::size_t terms, double scale) {
 /// The ways to run a scan on the GPU: as the backend chooses, the portable Kokkos path, and the
 /// kernel with each sequence cut into 1, 2, 4, 8 or 16 pieces, and in 1 or 16 pieces with 1 or 2
 /// tiles of 32 channels per block instead of the default 4 (so that the last block holds tiles
-/// past the last one).
+/// past the last one), and in 2 to 16 pieces whose blocks meet through memory.
 struct path {
   std::string name;
   int pieces;  ///< the kernel's pieces, or 0 for the backend and -1 for the portable path
@@ -56,6 +56,11 @@ std::vector<path> make_paths() {
       paths.push_back({"kernel, " + std::to_string(pieces) + (pieces == 1 ? " piece, " : " pieces, ") +
                            std::to_string(tiles) + " tiles per block",
                        pieces, kernel::scan_config{pieces, tiles}});
+  // the pieces' blocks meeting through memory, as GPUs without clusters run them
+  for (int pieces : {2, 4, 8, 16})
+    paths.push_back({"kernel, " + std::to_string(pieces) + " pieces through memory", pieces,
+                     kernel::scan_config{pieces, kernel::scan_config{}.tiles_per_block, true}});
+  paths.push_back({"kernel, 16 pieces through memory, 1 tile per block", 16, kernel::scan_config{16, 1, true}});
   return paths;
 }
 
@@ -67,6 +72,12 @@ bool applies(path const& p, scan_shape const& s) {
   if (p.pieces <= 0) return true;
   if (!kernel::kernel_supports(s)) return false;
   if (p.pieces == 1) return true;
+  if (p.config.through_memory) {  // any GPU, if the grid is resident at once (the tests' grids are small)
+    std::size_t const tiles = s.batch * ((s.channels + 31) / 32);
+    std::size_t const blocks = (tiles + static_cast<std::size_t>(p.config.tiles_per_block) - 1) /
+                               static_cast<std::size_t>(p.config.tiles_per_block) * static_cast<std::size_t>(p.pieces);
+    return s.state <= 16 && blocks <= 1024;
+  }
   int log2_pieces = 0;
   while ((1 << log2_pieces) < p.pieces) ++log2_pieces;
   return s.state <= 16 && kernel::scan_occupancy_of<T>(gpu::space().cuda_device()).resident[log2_pieces] > 0;

@@ -128,6 +128,10 @@ inline int compute_major() {
   return device_attribute<cudaDevAttrComputeCapabilityMajor>("ssm::cuda::compute_major");
 }
 
+/// \brief Multiprocessors of the current device (read once per device).
+/// \return the count.
+inline int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>("ssm::cuda::multiprocessors"); }
+
 /// \brief Whether `kernel` runs Hopper's code on the current device: the device is a Hopper or
 /// later (compute capability 9.0 on) and the kernel was compiled for one (its PTX from 9.0 on),
 /// so that what it guards with `__CUDA_ARCH__ >= 900` (clusters, the copy engine, the waits of

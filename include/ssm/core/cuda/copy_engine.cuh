@@ -9,7 +9,8 @@
 ///   whole piece. `mamba_stack_step` streams its weights this way;
 ///   `tests/cuda/test_copy_engine.cpp` checks the protocol.
 /// - `cp.async` (Ampere on): each thread copies 16 bytes at a time, in groups it waits for itself.
-/// - A counter added to with release semantics and read with acquire semantics, at GPU scope.
+/// - A counter added to with release semantics and read with acquire semantics, at GPU scope,
+///   and meetings of blocks of a launch built on two such words (`meet_blocks`).
 
 #include <cuda_runtime.h>
 
@@ -121,6 +122,34 @@ __device__ inline unsigned load_acquire(unsigned const* p) {
 /// and those of its block ordered before it by a barrier, go with it.
 __device__ inline void add_release(unsigned* p) {
   asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(p) : "memory");
+}
+
+/// \brief `blocks` blocks of the launch (all resident at once) wait here until all of them have
+/// arrived; what any thread of them wrote before its block arrived is then visible to every thread
+/// of them (read it through L2: `__ldcg`, `load_from_l2`). Every thread of each must call it. Each
+/// block adds to `words[0]` and waits for it to reach k times `blocks`: one trip to L2 and back
+/// after the last arrival.
+/// \param words two words of global memory that only these blocks use, zero before their first
+/// meeting; `leave_meetings` sets them back to zero after their last.
+/// \param k 1 for their first meeting, 2 for their second, and so on. \param blocks how many meet.
+__device__ inline void meet_blocks(unsigned* words, unsigned k, unsigned blocks) {
+  __syncthreads();  // the block's writes, ordered before thread 0's arrival
+  if (threadIdx.x == 0) {
+    add_release(words);
+    while (load_acquire(words) < k * blocks) {
+    }
+  }
+  __syncthreads();
+}
+
+/// \brief After the last `meet_blocks` of `blocks` blocks: the last of them to leave sets both words
+/// back to zero (every one of them has then passed every meeting). Every thread may call it; thread
+/// 0 of each block acts.
+__device__ inline void leave_meetings(unsigned* words, unsigned blocks) {
+  if (threadIdx.x == 0 && atomicAdd(words + 1, 1u) == blocks - 1) {
+    atomicExch(words, 0u);
+    atomicExch(words + 1, 0u);
+  }
 }
 
 }  // namespace ssm::cuda

@@ -200,10 +200,6 @@ bool gemv_applies(std::size_t M, std::size_t K, T const* x, std::int64_t ldx, Wt
   return M >= 1 && M <= gemv_max_rows && K > 0 && whole && pitched && aligned(x, 16) && aligned(w, 16);
 }
 
-/// \brief Multiprocessors of the current device (read once per device).
-/// \return the count.
-inline int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>("ssm::cuda::multiprocessors"); }
-
 /// \brief How the matrix-vector kernel covers N outputs: warps per output and loads per batch.
 struct gemv_shape {
   int split;  ///< warps per output, each over a slice of K (1, 2, 4 or 8)

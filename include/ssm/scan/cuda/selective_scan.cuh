@@ -55,6 +55,12 @@
 ///    r + 1;
 /// 3. block r runs piece r + 1 from its true incoming state, with outputs; the last block's end
 ///    state is the final state.
+/// GPUs without clusters (before Hopper) cut sequences too (`scan_config::through_memory`): the S
+/// blocks of a sequence's tiles are consecutive blocks of the grid that hand each other the pairs
+/// and the entering states through global memory (scratch the launch allocates and frees on its
+/// stream) and meet at counters of their own (`meet_blocks`) where a cluster would meet at its
+/// barrier. The whole grid must then be resident at once; the launcher checks it.
+///
 /// The first pass (no C, no outputs) costs about 0.6 of the second in instructions and about 0.7
 /// to 0.8 in time, so the head is 0.7 of a piece (`head_tenths`): while the other blocks make
 /// their first passes, block 0, which has no first pass to make, does useful work. A sequence of
@@ -79,6 +85,12 @@
 ///
 /// With the head run by block 0 during the first passes (later, in one run): B = 1 0.164-0.166 ms
 /// in 8 pieces (0.174-0.178 with equal pieces), B = 2 0.296 ms in 4 (0.338).
+///
+/// Built for sm_80 and run on the same H200, so without clusters (three runs): B = 1 0.215-0.236
+/// ms as the launcher chooses (8 pieces through memory) against 0.405-0.406 in one piece, B = 2
+/// 0.342-0.363 (4 pieces) against 0.404-0.406; B = 4 is best in one piece (0.513; 2 pieces through
+/// memory 0.562-0.575). The same pieces in clusters take 0.165, 0.289 and 0.497: meeting through L2, and
+/// wherever the dispatcher puts the blocks of a group, costs the rest (`through_memory_cost`).
 ///
 /// Still far from the DRAM bandwidth (B = 64 would take about 1.3 ms at 4.3 TB/s): the kernel is
 /// bound by instruction issue and the special-function unit, and at small B by latency. The
@@ -152,6 +164,7 @@
 
 #include <ssm/core/cuda.hpp>
 #include <ssm/core/cuda/cluster.cuh>
+#include <ssm/core/cuda/copy_engine.cuh>
 #include <ssm/core/cuda/fast_math.cuh>
 #include <ssm/core/dtype.hpp>
 #include <ssm/core/error.hpp>
@@ -184,6 +197,14 @@ inline constexpr double first_pass_cost = 0.6;
 /// outputs while the other blocks make their first passes, which take about 0.7 of a second pass
 /// in time (0.6 in instructions).
 inline constexpr int head_tenths = 7;
+
+/// \brief The launcher's model counts pieces whose blocks meet through memory (GPUs without
+/// clusters) at this much the time of the same pieces in clusters. On an H200, built for sm_80
+/// (ms, two rounds): B = 1 in 8 pieces 0.224-0.236 through memory against 0.164-0.165 in
+/// clusters and 0.406 in one piece; B = 2 in 4 pieces 0.352-0.363 against 0.286-0.289 and 0.406;
+/// B = 4 in 2 pieces 0.562-0.575 against 0.497-0.501 and 0.513. The model, which reads 2 pieces
+/// at B = 4 as 0.89 of one, must then keep one piece there.
+inline constexpr double through_memory_cost = 1.2;
 
 /// \brief A strided tensor as the kernel sees it: a pointer and strides in elements.
 /// \tparam V element type (`const` for inputs).
@@ -230,6 +251,14 @@ struct scan_args {
   int state = 0;                                 ///< N
   int channels_per_group = 0;                    ///< D / G
   bool softplus = false;                         ///< apply softplus to delta + bias
+  /// Pieces a sequence is cut into whose blocks meet through global memory instead of a cluster
+  /// (`scan_config::through_memory`), or 0; then `pairs`, `entering` and `meetings` are scratch:
+  /// per (cluster-sized group of blocks, piece, tile of the block) 16 x 32 (P, h) pairs and
+  /// entering states, and two zero words per group.
+  int memory_pieces = 0;
+  float2* pairs = nullptr;
+  float* entering = nullptr;
+  unsigned* meetings = nullptr;
 };
 
 /// \brief The kernel's arguments from checked parameters.
@@ -668,7 +697,9 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
   int const warps = static_cast<int>(blockDim.x) / scan_tile;
   int const slices = Narrow ? 1 : (a.state + scan_slice - 1) / scan_slice;
   int const slice = warp % slices, tile_in_block = warp / slices, tiles_per_block = warps / slices;
-  int const pieces = cluster_blocks(), piece = cluster_rank();
+  bool const in_memory = Narrow && a.memory_pieces > 1;  // the pieces' blocks meet through memory
+  int const pieces = in_memory ? a.memory_pieces : cluster_blocks();
+  int const piece = in_memory ? static_cast<int>(blockIdx.x) % pieces : cluster_rank();
   int const tiles = (a.channels + scan_tile - 1) / scan_tile;
   int const all_tiles = a.batch * tiles;
   int const wanted = static_cast<int>(blockIdx.x) / pieces * tiles_per_block + tile_in_block;
@@ -717,9 +748,18 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
     // 1. Block 0 runs the head from the initial state, with outputs, and gives its end state as
     // the pair (0, h); block q > 0 runs piece q from a zero state without outputs, for its decay
     // and end state (piece S needs neither).
-    float* const tile_rest = rest + tile_in_block * 3 * scan_slice * scan_tile;
-    float2* const out_pair = reinterpret_cast<float2*>(tile_rest);           // (16, 32) (P, h) of this piece
-    float* const in_state = tile_rest + 2 * scan_slice * scan_tile;          // (16, 32) state entering it
+    // In a cluster, the pairs and states are in the blocks' shared memory; through memory, in
+    // `pairs` and `entering`, at the group's and piece's and tile's slot.
+    constexpr int pairs_per_tile = scan_slice * scan_tile;
+    std::size_t const group = blockIdx.x / static_cast<unsigned>(pieces);
+    auto const slot = [&](int r) {
+      auto const z = [](int v) { return static_cast<std::size_t>(v); };
+      return ((group * z(pieces) + z(r)) * z(tiles_per_block) + z(tile_in_block)) * z(pairs_per_tile);
+    };
+    unsigned* const meetings = in_memory ? a.meetings + 2 * group : nullptr;
+    float* const tile_rest = rest + tile_in_block * 3 * pairs_per_tile;
+    float2* const out_pair = in_memory ? a.pairs + slot(piece) : reinterpret_cast<float2*>(tile_rest);  // (16, 32) (P, h) of this piece
+    float* const in_state = in_memory ? a.entering + slot(piece) : tile_rest + 2 * pairs_per_tile;  // (16, 32) state entering it
     if (piece == 0) {
       walk<true, prefetch>(a, at, k, staged, rest, 0, head, h, dt_sum);
 #pragma unroll
@@ -731,26 +771,34 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
       for (int n = 0; n < scan_slice; ++n)
         out_pair[n * scan_tile + lane] = make_float2(exp2_approx(k.A2[n] * dt_sum), h[n]);
     }
-    cluster_barrier();
+    if (in_memory) meet_blocks(meetings, 1, static_cast<unsigned>(pieces));
+    else cluster_barrier();
     // 2. The cluster's scan of the pairs: this block folds pairs p of its share, state p / 32 of
     // channel d0 + p % 32, and hands block r the state entering piece r + 1, which it runs next.
-    int const share = scan_slice * scan_tile / pieces;
+    int const share = pairs_per_tile / pieces;
     for (int p = piece * share + lane; p < (piece + 1) * share; p += scan_tile) {
       float2 pair[max_scan_pieces];  // every block's pair first: the remote loads overlap
 #pragma unroll
       for (int r = 0; r < max_scan_pieces; ++r)
-        pair[r] = r < pieces ? in_block(out_pair, r)[p] : make_float2(1.0f, 0.0f);
+        pair[r] = r >= pieces   ? make_float2(1.0f, 0.0f)
+                  : in_memory ? __ldcg(a.pairs + slot(r) + p)
+                              : in_block(out_pair, r)[p];
       float run = 0.0f;  // block 0's pair (0, h) replaces it
 #pragma unroll
       for (int r = 0; r < max_scan_pieces; ++r) {
         if (r >= pieces) break;
         run = fmaf(pair[r].x, run, pair[r].y);
-        in_block(in_state, r)[p] = run;
+        (in_memory ? a.entering + slot(r) : in_block(in_state, r))[p] = run;
       }
     }
-    cluster_barrier();
+    if (in_memory) {
+      meet_blocks(meetings, 2, static_cast<unsigned>(pieces));
+      leave_meetings(meetings, static_cast<unsigned>(pieces));
+    } else {
+      cluster_barrier();
+    }
 #pragma unroll
-    for (int n = 0; n < scan_slice; ++n) h[n] = in_state[n * scan_tile + lane];
+    for (int n = 0; n < scan_slice; ++n) h[n] = in_memory ? __ldcg(in_state + n * scan_tile + lane) : in_state[n * scan_tile + lane];
     begin = piece_begin(piece + 1), end = min(begin + piece_tokens, a.length);
   }
   // 3. The block's piece from its true incoming state, with the outputs.
@@ -767,8 +815,12 @@ __global__ void __launch_bounds__(Narrow ? scan_tile * scan_tiles_per_block : sc
 /// \brief How the CUDA scan runs: into how many pieces, one block each in a thread-block cluster,
 /// each sequence is cut, and how many tiles of 32 channels share a block.
 struct scan_config {
-  int pieces = 1;                              ///< 1, or for N <= 16: 2, 4, 8 or 16 (clusters: Hopper or later)
+  int pieces = 1;                              ///< 1, or for N <= 16: 2, 4, 8 or 16
   int tiles_per_block = scan_tiles_per_block;  ///< for N <= 16: 1, 2 or 4 tiles (warps) per block
+  /// The pieces' blocks meet through global memory (scratch the launch allocates on the stream)
+  /// rather than in a thread-block cluster (Hopper or later): for GPUs without clusters. The
+  /// whole grid must then be resident at once.
+  bool through_memory = false;
 };
 
 /// \brief Whether the kernel can run a scan of these sizes: every tile of 32 channels must lie in
@@ -842,8 +894,9 @@ scan_occupancy const& scan_occupancy_of(int device) {
 
 /// \brief The launcher's choice of the number of pieces a sequence is cut into.
 ///
-/// One piece wherever cutting sequences in 2 would need more blocks than are resident at once (or
-/// clusters are not available). Otherwise a model of the time of the busiest SM. Each SM runs
+/// One piece wherever cutting sequences in 2 would need more blocks than are resident at once.
+/// Otherwise a model of the time of the busiest SM, over the pieces in clusters where the GPU has
+/// them, and through memory (`scan_config::through_memory`) where it does not. Each SM runs
 /// `per_sm` warps (one per tile and piece), in waves of at most its resident warps; a wave of k
 /// warps takes the latency-bound time of one warp's work, times k / w once k passes the w warps
 /// that saturate an SM. One warp's work is a first pass (counted at `first_pass_cost` of the
@@ -867,19 +920,28 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
   // B = 4, 320 blocks in 2 pieces for 396 resident, 0.498-0.503 ms against 0.518-0.520 in one;
   // B = 8, 640 blocks, 0.911 against 0.712. Before the head of a cut sequence ran during the
   // first passes, 2 pieces at B = 4 took 0.654 ms.)
-  if (2.0 * blocks > static_cast<double>(o.resident[1])) return best;
+  // Without clusters (before Hopper) the pieces meet through memory, which needs the whole grid
+  // resident at once, wherever its blocks land.
+  bool const clusters = o.resident[1] > 0;
+  auto const resident = [&](int i) {
+    if (clusters || i == 0) return o.resident[i];
+    return blocks * (1 << i) <= static_cast<double>(o.resident[0]) ? o.resident[0] : 0;
+  };
+  if (2.0 * blocks > static_cast<double>(resident(1))) return best;
+  best.through_memory = !clusters;
   double best_time = -1.0;
   for (int i = 0; i < 5; ++i) {
     int const pieces = 1 << i;
-    if (o.resident[i] == 0 || (pieces > 1 && static_cast<std::size_t>(pieces * scan_tokens * 2) > s.length)) continue;
-    double const sms_used = static_cast<double>(o.resident[i] / o.blocks_per_sm);  // SMs the clusters fill
+    if (resident(i) == 0 || (pieces > 1 && static_cast<std::size_t>(pieces * scan_tokens * 2) > s.length)) continue;
+    double const sms_used = static_cast<double>(resident(i) / o.blocks_per_sm);  // SMs the clusters fill
     double const per_sm = std::ceil(blocks * pieces / sms_used) * tiles_per_block;  // warps
     double const cap = static_cast<double>(o.blocks_per_sm) * tiles_per_block;
     double const piece = std::ceil(length / (pieces + head_tenths / 10.0));  // tokens, after the head
     double const work = pieces == 1 ? length : piece * (1.0 + first_pass_cost);
     double const full = std::floor(per_sm / cap), left = per_sm - full * cap;
     double const time = work * (full * std::max(1.0, cap / saturating_warps) +
-                                (left > 0 ? std::max(1.0, left / saturating_warps) : 0.0));
+                                (left > 0 ? std::max(1.0, left / saturating_warps) : 0.0)) *
+                        (pieces > 1 && !clusters ? through_memory_cost : 1.0);
     if (best_time < 0.0 || time < best_time) best.pieces = pieces, best_time = time;
   }
   return best;
@@ -899,6 +961,8 @@ scan_config choose_scan_config(Kokkos::Cuda const& space, scan_shape const& s) {
 ///        and states on the FMA pipe.
 /// \throws ssm::shape_error if `kernel_supports(s)` is false, or the pieces are not 1, 2, 4, 8
 ///         or 16, or more than 1 for N > 16, or the tiles per block not 1, 2 or 4.
+/// \throws ssm::shape_error also if the pieces meet through memory and the grid would not be
+///         resident at once.
 /// \throws ssm::error if the launch fails (e.g. clusters on a GPU before Hopper).
 template <class T, class MemSpace>
 void selective_scan_kernel(Kokkos::Cuda const& space, selective_scan_params<T, MemSpace> const& p,
@@ -913,8 +977,9 @@ void selective_scan_kernel(Kokkos::Cuda const& space, selective_scan_params<T, M
                        "a sequence is cut into pieces only for N <= 16");
   ssm::detail::require(config.tiles_per_block == 1 || config.tiles_per_block == 2 || config.tiles_per_block == 4, fn,
                        "the tiles per block must be 1, 2 or 4");
-  if (pieces > 8) (void)scan_occupancy_of<T>(space.cuda_device());  // allows clusters of 16
-  auto const args = make_scan_args(p, s);
+  bool const in_memory = pieces > 1 && config.through_memory;
+  if (pieces > 8 && !in_memory) (void)scan_occupancy_of<T>(space.cuda_device());  // allows clusters of 16
+  auto args = make_scan_args(p, s);
   int const slices = static_cast<int>((s.state + scan_slice - 1) / scan_slice);
   int const per_block = slices > 1 ? 1 : config.tiles_per_block;
   auto const tiles = s.batch * ((s.channels + scan_tile - 1) / scan_tile);
@@ -923,20 +988,43 @@ void selective_scan_kernel(Kokkos::Cuda const& space, selective_scan_params<T, M
   cudaLaunchConfig_t launch{};
   launch.gridDim = dim3(blocks * static_cast<unsigned>(pieces));
   launch.blockDim = dim3(static_cast<unsigned>(per_block * slices * scan_tile));
-  launch.dynamicSmemBytes = scan_shared_bytes(slices, pieces, per_block);
+  launch.dynamicSmemBytes = scan_shared_bytes(slices, in_memory ? 1 : pieces, per_block);
   launch.stream = stream(space);
+  // Through memory: the pairs, the entering states and the counters, allocated and freed on the
+  // stream (graph-capturable), the counters zeroed; the grid must be resident at once.
+  void* scratch = nullptr;
+  if (in_memory) {
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, selective_scan_fwd_kernel<T, true>,
+                                                        static_cast<int>(launch.blockDim.x), launch.dynamicSmemBytes),
+          "ssm::selective_scan::cuda: occupancy");
+    ssm::detail::require(launch.gridDim.x <= static_cast<unsigned>(per_sm * multiprocessors()), fn,
+                         "pieces through memory need the whole grid resident at once");
+    std::size_t const slots = std::size_t{blocks} * static_cast<std::size_t>(pieces * per_block) * scan_slice * scan_tile;
+    std::size_t const pair_bytes = slots * sizeof(float2), state_bytes = slots * sizeof(float);
+    std::size_t const meeting_bytes = std::size_t{blocks} * 2 * sizeof(unsigned);
+    check(cudaMallocAsync(&scratch, pair_bytes + state_bytes + meeting_bytes, launch.stream),
+          "ssm::selective_scan::cuda: scratch of pieces through memory");
+    auto* const bytes = static_cast<unsigned char*>(scratch);
+    args.memory_pieces = pieces;
+    args.pairs = reinterpret_cast<float2*>(bytes);
+    args.entering = reinterpret_cast<float*>(bytes + pair_bytes);
+    args.meetings = reinterpret_cast<unsigned*>(bytes + pair_bytes + state_bytes);
+    check(cudaMemsetAsync(args.meetings, 0, meeting_bytes, launch.stream), "ssm::selective_scan::cuda: counters");
+  }
   cudaLaunchAttribute cluster{};
   cluster.id = cudaLaunchAttributeClusterDimension;
   cluster.val.clusterDim.x = static_cast<unsigned>(pieces);
   cluster.val.clusterDim.y = 1;
   cluster.val.clusterDim.z = 1;
   launch.attrs = &cluster;
-  launch.numAttrs = pieces > 1 ? 1 : 0;
+  launch.numAttrs = pieces > 1 && !in_memory ? 1 : 0;
   Kokkos::Profiling::pushRegion("ssm::selective_scan::cuda");
   auto const kernel = slices == 1 ? selective_scan_fwd_kernel<T, true> : selective_scan_fwd_kernel<T, false>;
   (void)cudaLaunchKernelEx(&launch, kernel, args);  // an error is also the last error
   Kokkos::Profiling::popRegion();
   check_launch("ssm::selective_scan::cuda");
+  if (scratch) check(cudaFreeAsync(scratch, launch.stream), "ssm::selective_scan::cuda: scratch of pieces through memory");
 }
 
 }  // namespace ssm::cuda::detail
